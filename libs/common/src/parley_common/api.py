@@ -1,0 +1,96 @@
+"""The shape every Parley HTTP service shares: one factory, one way to serve it.
+
+``create_service_app`` returns a FastAPI app with the request-context middleware, the error handlers,
+``/metrics``, ``/livez`` and ``/readyz`` already in place; the service adds its lifespan and routers.
+``serve`` configures logging and tracing from the settings and runs uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley_common.errors import install_error_handlers
+from parley_common.http import ReadinessCheck, RequestContextMiddleware, health_router, metrics_router
+from parley_common.process import init_process
+from parley_common.settings import ParleySettings
+
+
+class HttpServerSettings(ParleySettings):
+    """Where an HTTP process listens."""
+
+    http_host: str = Field("127.0.0.1", description="Listen address (0.0.0.0 in containers)")
+    http_port: int = Field(8000, description="Listen port")
+    http_workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    http_graceful_shutdown: float = Field(
+        30.0, description="Seconds open requests (SSE streams) get to finish on SIGTERM"
+    )
+
+
+def create_service_app(
+    *,
+    service: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
+    openai_prefixes: Iterable[str] = (),
+    title: str | None = None,
+) -> FastAPI:
+    """A FastAPI app with Parley's middleware, error handlers, metrics and health routes.
+
+    Readiness checks are read from ``app.state.readiness_checks`` (name → coroutine function), which the
+    service's lifespan fills once its connections exist.
+    """
+    app = FastAPI(title=title or f"parley-{service}", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.readiness_checks = {}
+    install_error_handlers(app, openai_prefixes=openai_prefixes)
+
+    def checks() -> dict[str, ReadinessCheck]:
+        registered: dict[str, ReadinessCheck] = app.state.readiness_checks
+        return registered
+
+    app.include_router(health_router(checks))
+    app.include_router(metrics_router())
+    app.add_middleware(RequestContextMiddleware, service=service)
+    return app
+
+
+def serve(app_path: str, service: str, settings: HttpServerSettings) -> None:
+    """Run ``app_path`` (``"module:factory"``) under uvicorn with Parley's logging.
+
+    The factory form lets uvicorn build one app per worker process.
+    """
+    import uvicorn
+
+    init_process(service, "api", settings)
+    uvicorn.run(
+        app_path,
+        factory=True,
+        host=settings.http_host,
+        port=settings.http_port,
+        workers=settings.http_workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.http_graceful_shutdown),
+    )
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session per request from ``app.state.sessionmaker``: committed before the response is sent
+    (``scope="function"`` below), rolled back on error. Services and repositories only flush."""
+    async with request.app.state.sessionmaker() as session:
+        try:
+            yield session
+        except Exception:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,1 @@
+"""Signing keys, JWKS, and the gateway's short-lived internal tokens."""

@@ -1,0 +1,1 @@
+"""Database access: engines, the declarative base conventions, migrations per service schema."""

@@ -1,0 +1,18 @@
+"""Events about accounts."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import EmailStr
+
+from parley_common.events.envelope import Event
+
+
+class UserRegisteredV1(Event):
+    """Emitted by the gateway when an account is created."""
+
+    type: Literal["user.registered.v1"] = "user.registered.v1"
+    user_id: UUID
+    email: EmailStr

@@ -1,0 +1,92 @@
+"""Celery task-protocol-2 messages built by hand, so non-Celery producers (the relays) can feed workers.
+
+The task name is the event type and the task id is the event id, so a producer never needs to know a
+consumer's function names, and a worker can deduplicate on the task id. The envelope's ``traceparent``
+rides as an AMQP header, which Celery exposes to the task as ``self.request.traceparent``.
+
+Reference: https://docs.celeryq.dev/en/stable/internals/protocol.html#version-2
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from parley_common.events import Event
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """What goes on the wire: body bytes, AMQP headers and properties."""
+
+    body: bytes
+    headers: dict[str, Any]
+    content_type: str
+    content_encoding: str
+    message_id: str
+    correlation_id: str
+    routing_key: str
+
+
+def build_task_message(
+    task: str, task_id: str, kwargs: dict[str, Any], *, traceparent: str | None = None, origin: str = "parley"
+) -> TaskMessage:
+    """A protocol-2 message that runs ``task(**kwargs)`` with id ``task_id``."""
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": "()",
+        "kwargsrepr": "{...}",
+        "origin": f"{origin}@{_HOST}",
+        "ignore_result": True,
+    }
+    if traceparent:
+        headers["traceparent"] = traceparent
+    body = json.dumps([[], kwargs, _EMBED], separators=(",", ":")).encode()
+    return TaskMessage(
+        body=body,
+        headers=headers,
+        content_type="application/json",
+        content_encoding="utf-8",
+        message_id=task_id,
+        correlation_id=task_id,
+        routing_key=task,
+    )
+
+
+def event_message(event: Event) -> TaskMessage:
+    """The message that delivers ``event`` to the task named after its type, as ``event=<json>``."""
+    return build_task_message(
+        event.type,
+        str(event.id),
+        {"event": event.model_dump(mode="json")},
+        traceparent=event.traceparent,
+        origin=event.source,
+    )
+
+
+def payload_message(event_type: str, event_id: str, payload: dict[str, Any]) -> TaskMessage:
+    """Like :func:`event_message` for an event already serialised (an outbox row)."""
+    traceparent = payload.get("traceparent")
+    return build_task_message(
+        event_type,
+        event_id,
+        {"event": payload},
+        traceparent=traceparent if isinstance(traceparent, str) else None,
+        origin=str(payload.get("source", "parley")),
+    )

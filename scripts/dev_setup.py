@@ -1,0 +1,27 @@
+"""``make run`` set-up: create the database if missing and migrate every service's schema."""
+
+from __future__ import annotations
+
+import os
+
+from parley_common.db.admin import ensure_database
+from parley_common.db.migrations import upgrade
+from parley_common.settings import as_psycopg_url
+
+SCHEMAS = [("parley_gateway", "gateway"), ("parley_chat", "chat"), ("parley_usage", "usage")]
+
+
+def main() -> None:
+    url = as_psycopg_url(
+        os.environ.get("PARLEY_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/parley")
+    )
+    url = url.get_secret_value() if hasattr(url, "get_secret_value") else url
+    if ensure_database(url):
+        print("[setup] created the database")
+    for package, schema in SCHEMAS:
+        upgrade(package, url, schema)
+    print("[setup] schemas migrated: " + ", ".join(schema for _, schema in SCHEMAS))
+
+
+if __name__ == "__main__":
+    main()

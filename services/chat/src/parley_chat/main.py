@@ -1,0 +1,25 @@
+"""Entry points: ``parley-chat-api``, ``parley-chat-relay``, ``parley-chat-migrate``."""
+
+from __future__ import annotations
+
+from parley_common.api import serve as serve_http
+from parley_common.db.migrations import upgrade
+
+from parley_chat.config import get_settings
+from parley_chat.models import SCHEMA
+
+
+def serve() -> None:
+    serve_http("parley_chat.app:create_app", "chat", get_settings())
+
+
+def relay() -> None:
+    from parley_common.messaging.relay import run_relay_process
+
+    from parley_chat.models import OutboxMessage
+
+    run_relay_process("chat", get_settings(), OutboxMessage.__table__)
+
+
+def migrate() -> None:
+    upgrade("parley_chat", get_settings().database_url.get_secret_value(), SCHEMA)

@@ -1,0 +1,1 @@
+"""Parley's usage service: the token ledger, fed by usage events."""

@@ -1,0 +1,1 @@
+"""Parley's webhooks service: signed outbound webhooks (arrives with the webhooks work)."""

@@ -1,0 +1,49 @@
+"""Suite-wide fixtures. Everything runs against real PostgreSQL, Redis and RabbitMQ."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from parley_common.auth.keys import generate_private_key_pem
+from parley_common.testing.processes import ProcessManager
+
+from tests.support.platform import Platform, PlatformConfig, start_platform
+
+pytest_plugins = ["parley_common.testing.plugin"]
+
+MIGRATIONS = [("parley_gateway", "gateway"), ("parley_chat", "chat"), ("parley_usage", "usage")]
+
+
+@pytest.fixture(scope="session")
+def parley_migrations() -> list[tuple[str, str]]:
+    return MIGRATIONS
+
+
+@pytest.fixture(scope="session")
+def signing_key_pem() -> str:
+    return generate_private_key_pem()
+
+
+@pytest.fixture(scope="session")
+def platform_config(
+    database_url: str, amqp_url: str, redis_url: str, redis_prefix: str, signing_key_pem: str
+) -> PlatformConfig:
+    return PlatformConfig(
+        database_url=database_url,
+        amqp_url=amqp_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        signing_key_pem=signing_key_pem,
+    )
+
+
+@pytest.fixture(scope="module")
+def platform(platform_config: PlatformConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The whole spine as real processes on loopback, shared by the tests of one module."""
+    manager = ProcessManager(Path(tmp_path_factory.mktemp("platform")))
+    try:
+        yield start_platform(manager, platform_config)
+    finally:
+        manager.stop_all()

@@ -1,0 +1,1 @@
+"""An OpenAI-compatible model provider whose output is a pure function of the request."""

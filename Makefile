@@ -48,3 +48,7 @@ schemas: install ## Export event JSON Schemas to libs/common/schemas/events
 .PHONY: clean
 clean: ## Remove local run state and caches
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench
+bench: install services-up ## Run the benchmarks; numbers go to bench/results/*.json
+	$(UV) run --frozen python -m bench.run $(BENCH)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 
 from parley_common.db.admin import ensure_database
-from parley_common.db.migrations import upgrade
+from parley_common.db.migrations import registered, upgrade
 from parley_common.settings import as_psycopg_url
-
-SCHEMAS = [("parley_gateway", "gateway"), ("parley_chat", "chat"), ("parley_usage", "usage")]
 
 
 def main() -> None:
@@ -18,9 +16,10 @@ def main() -> None:
     url = url.get_secret_value() if hasattr(url, "get_secret_value") else url
     if ensure_database(url):
         print("[setup] created the database")
-    for package, schema in SCHEMAS:
+    schemas = registered()
+    for package, schema in schemas:
         upgrade(package, url, schema)
-    print("[setup] schemas migrated: " + ", ".join(schema for _, schema in SCHEMAS))
+    print("[setup] schemas migrated: " + ", ".join(schema for _, schema in schemas))
 
 
 if __name__ == "__main__":

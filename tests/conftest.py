@@ -7,18 +7,17 @@ from pathlib import Path
 
 import pytest
 from parley_common.auth.keys import generate_private_key_pem
+from parley_common.db.migrations import registered
 from parley_common.testing.processes import ProcessManager
 
 from tests.support.platform import Platform, PlatformConfig, start_platform
 
 pytest_plugins = ["parley_common.testing.plugin"]
 
-MIGRATIONS = [("parley_gateway", "gateway"), ("parley_chat", "chat"), ("parley_usage", "usage")]
-
 
 @pytest.fixture(scope="session")
 def parley_migrations() -> list[tuple[str, str]]:
-    return MIGRATIONS
+    return registered()
 
 
 @pytest.fixture(scope="session")

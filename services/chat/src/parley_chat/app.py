@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
+import openai
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 from parley_common.api import create_service_app
@@ -38,10 +38,11 @@ def provider_client(settings: Settings) -> AsyncOpenAI:
     return AsyncOpenAI(
         base_url=base_url,
         api_key=api_key,
-        timeout=httpx.Timeout(settings.provider_timeout, connect=5.0),
+        timeout=openai.Timeout(settings.provider_timeout, connect=5.0),
         max_retries=settings.provider_max_retries,
-        http_client=httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        # openai ships its own httpx fork (httpx2); its default client class takes the pool limits.
+        http_client=openai.DefaultAsyncHttpxClient(
+            limits=type(openai.DEFAULT_CONNECTION_LIMITS)(max_connections=1000, max_keepalive_connections=200)
         ),
     )
 

@@ -120,7 +120,7 @@ class CompletionService:
         """Open the provider stream before the response starts, so an early failure is a plain HTTP error."""
         outcome = CallOutcome(model=self.resolve_model(body, caller))
         try:
-            upstream = await self.client.chat.completions.create(
+            upstream = await self.client.chat.completions.create(  # type: ignore[call-overload]
                 model=outcome.model,
                 messages=body.message_dicts(),  # type: ignore[arg-type]
                 stream=True,

@@ -18,7 +18,7 @@ def relay() -> None:
 
     from parley_chat.models import OutboxMessage
 
-    run_relay_process("chat", get_settings(), OutboxMessage.__table__)
+    run_relay_process("chat", get_settings(), OutboxMessage.outbox_table())
 
 
 def migrate() -> None:

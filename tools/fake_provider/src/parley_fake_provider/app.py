@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -215,7 +216,7 @@ async def _stream(
     include_usage: bool,
     created: int,
     b: Behaviour,
-):
+) -> AsyncIterator[bytes]:
     try:
         yield _chunk(record, created, {"role": "assistant", "content": ""}, None)
         for i, word in enumerate(words):

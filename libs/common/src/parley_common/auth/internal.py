@@ -37,6 +37,8 @@ class PlanClaims(BaseModel):
     allowed_models: list[str] = Field(default_factory=list)
     model_routes: dict[str, str] = Field(default_factory=dict, description="requested model → model used")
     cache: Literal["off", "exact", "semantic"] = "off"
+    daily_token_quota: int | None = Field(None, description="None: unlimited")
+    monthly_token_quota: int | None = Field(None, description="None: unlimited")
 
 
 class InternalIdentity(BaseModel):

@@ -58,3 +58,14 @@ def run_env(target_metadata: MetaData) -> None:
     with engine.connect() as connection:
         _run(connection, target_metadata, schema)
     engine.dispose()
+
+
+def registered() -> list[tuple[str, str]]:
+    """(package, schema) of every installed service that owns a schema.
+
+    Services declare themselves with an entry point in the ``parley.migrations`` group
+    (``<schema> = "parley_<service>"``), so tooling never needs a hand-kept list.
+    """
+    from importlib.metadata import entry_points
+
+    return sorted((ep.value, ep.name) for ep in entry_points(group="parley.migrations"))

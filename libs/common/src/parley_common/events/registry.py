@@ -8,15 +8,33 @@ from pydantic import Field, TypeAdapter
 
 from parley_common.events.conversation import MessageCompletedV1
 from parley_common.events.envelope import Event
+from parley_common.events.quota import PlanChangedV1, QuotaThresholdCrossedV1
 from parley_common.events.usage import TokensConsumedV1
 from parley_common.events.user import UserRegisteredV1
+from parley_common.events.webhooks import EndpointDisabledV1
 
-AnyEvent = Annotated[TokensConsumedV1 | MessageCompletedV1 | UserRegisteredV1, Field(discriminator="type")]
+AnyEvent = Annotated[
+    TokensConsumedV1
+    | MessageCompletedV1
+    | UserRegisteredV1
+    | QuotaThresholdCrossedV1
+    | PlanChangedV1
+    | EndpointDisabledV1,
+    Field(discriminator="type"),
+]
 
 _ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.model_fields["type"].default: cls for cls in (TokensConsumedV1, MessageCompletedV1, UserRegisteredV1)
+    cls.model_fields["type"].default: cls
+    for cls in (
+        TokensConsumedV1,
+        MessageCompletedV1,
+        UserRegisteredV1,
+        QuotaThresholdCrossedV1,
+        PlanChangedV1,
+        EndpointDisabledV1,
+    )
 }
 
 

@@ -27,3 +27,10 @@ class TokensConsumedV1(Event):
     )
     conversation_id: UUID | None = None
     api_key_id: UUID | None = None
+    plan: str | None = Field(None, description="The caller's plan when the call was made")
+    daily_token_quota: int | None = Field(
+        None, description="The plan's daily token quota then (None: unlimited)"
+    )
+    monthly_token_quota: int | None = Field(
+        None, description="The plan's monthly token quota then (None: unlimited)"
+    )

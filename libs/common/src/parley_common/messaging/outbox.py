@@ -9,10 +9,10 @@ event never existed; if it commits, the event will be published at least once.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Self, cast
 from uuid import UUID
 
-from sqlalchemy import BigInteger, DateTime, Identity, Index, Integer, String, Text, func, text
+from sqlalchemy import BigInteger, DateTime, Identity, Index, Integer, String, Table, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
@@ -43,11 +43,16 @@ class OutboxMixin:
     @classmethod
     def from_event(cls, event: Event) -> Self:
         """An outbox row for ``event``; add it to the session of the business transaction."""
-        return cls(
+        return cls(  # type: ignore[call-arg]  # the declarative model provides the keyword constructor
             event_id=event.id,
             event_type=event.type,
             payload=event.model_dump(mode="json"),
         )
+
+    @classmethod
+    def outbox_table(cls) -> Table:
+        """The mapped table (what the relay reads)."""
+        return cast(Table, cls.__table__)  # type: ignore[attr-defined]
 
 
 def create_outbox_table_v1(schema: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import DeliveryError, PublishError
-from sqlalchemy import Row, Table, func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley_common.logs import get_logger
@@ -140,7 +140,7 @@ class OutboxRelay:
             raise BrokerUnavailable(f"{len(rows) - len(confirmed)} publishes lost their channel")
         return len(confirmed)
 
-    async def _publish(self, row: Row[Any]) -> None:
+    async def _publish(self, row: Any) -> None:
         if self._exchange is None:
             raise BrokerUnavailable("not connected")
         msg = payload_message(row.event_type, str(row.event_id), row.payload)
@@ -163,7 +163,7 @@ class OutboxRelay:
             raise BrokerUnavailable(type(exc).__name__) from exc
 
     async def _record_failures(
-        self, conn: AsyncConnection, rows: Sequence[Row[Any]], outcomes: Sequence[BaseException | None]
+        self, conn: AsyncConnection, rows: Sequence[Any], outcomes: Sequence[BaseException | None]
     ) -> None:
         t = self.table
         for row, outcome in zip(rows, outcomes, strict=True):

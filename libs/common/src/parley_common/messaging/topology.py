@@ -50,10 +50,17 @@ class ConsumerQueue:
 
 
 USAGE = ConsumerQueue("usage.events", ("usage.tokens_consumed.v1",))
-NOTIFY = ConsumerQueue("notify.events", ("user.registered.v1",))
-WEBHOOKS = ConsumerQueue("webhooks.events", ("conversation.message_completed.v1",))
+NOTIFY = ConsumerQueue(
+    "notify.events",
+    ("user.registered.v1", "quota.threshold_crossed.v1", "plan.changed.v1", "webhooks.endpoint_disabled.v1"),
+)
+WEBHOOKS = ConsumerQueue(
+    "webhooks.events",
+    ("conversation.message_completed.v1", "quota.threshold_crossed.v1", "plan.changed.v1"),
+)
+GATEWAY = ConsumerQueue("gateway.events", ("plan.changed.v1",))
 
-QUEUES: tuple[ConsumerQueue, ...] = (USAGE, NOTIFY, WEBHOOKS)
+QUEUES: tuple[ConsumerQueue, ...] = (USAGE, NOTIFY, WEBHOOKS, GATEWAY)
 
 
 def queues_for(event_type: str) -> list[ConsumerQueue]:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
-from kombu import Exchange, Queue, binding
+from kombu.entity import Exchange, Queue, binding
 from pydantic import ValidationError
 
 from parley_common.events import Event

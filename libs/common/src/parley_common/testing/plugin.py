@@ -13,31 +13,24 @@ dropped by the next run, without touching those of a run still going.
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import psutil
 import pytest
 
+from parley_common.db.admin import drop_database
+from parley_common.testing import resources
 from parley_common.testing.processes import ProcessManager
 from parley_common.testing.services import ServicesMissing, TestServices, discover
-
-_TAG = re.compile(r"^parley_t_(\d+)_[0-9a-f]+$")
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
-
-
-def _stale(name: str) -> bool:
-    match = _TAG.match(name)
-    return bool(match) and not psutil.pid_exists(int(match.group(1)))
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +45,7 @@ def parley_services() -> Iterator[TestServices]:
 
 @pytest.fixture(scope="session")
 def run_tag() -> str:
-    return f"parley_t_{os.getpid()}_{secrets.token_hex(3)}"
+    return resources.new_tag()
 
 
 @pytest.fixture(scope="session")
@@ -65,25 +58,8 @@ def parley_migrations() -> list[tuple[str, str]]:
 def database_url(
     parley_services: TestServices, run_tag: str, parley_migrations: list[tuple[str, str]]
 ) -> Iterator[str]:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from parley_common.db.admin import drop_database, ensure_database
-    from parley_common.db.migrations import upgrade
-
-    admin = make_url(parley_services.database_url)
-    with psycopg.connect(
-        admin.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
-    ) as conn:
-        for (name,) in conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'parley_t_%'"
-        ).fetchall():
-            if _stale(name):
-                drop_database(admin.set(database=name).render_as_string(hide_password=False))
-    url = admin.set(drivername="postgresql+psycopg", database=run_tag).render_as_string(hide_password=False)
-    ensure_database(url)
-    for package, schema in parley_migrations:
-        upgrade(package, url, schema)
+    resources.drop_stale_databases(parley_services.database_url)
+    url = resources.create_database(parley_services.database_url, run_tag, parley_migrations)
     yield url
     drop_database(url)
 
@@ -92,9 +68,7 @@ def database_url(
 def amqp_url(parley_services: TestServices, run_tag: str) -> Iterator[str]:
     from parley_common.testing import rabbitmq
 
-    for name in rabbitmq.list_vhosts():
-        if _stale(name):
-            rabbitmq.delete_vhost(name)
+    resources.drop_stale_vhosts()
     url = rabbitmq.create_vhost(parley_services.rabbitmq_url, run_tag)
     yield url
     rabbitmq.delete_vhost(run_tag)
@@ -118,16 +92,9 @@ def redis_url(parley_services: TestServices) -> str:
 
 @pytest.fixture(scope="session")
 def redis_prefix(redis_url: str, run_tag: str) -> Iterator[str]:
-    import redis
-
     prefix = f"{run_tag}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(match=prefix + "*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
+    resources.delete_redis_prefix(redis_url, prefix)
 
 
 @pytest.fixture

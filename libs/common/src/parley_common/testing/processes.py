@@ -75,7 +75,8 @@ class ManagedProcess:
         if not self.alive():
             return []
         try:
-            return psutil.Process(self.pid).children(recursive=True)
+            children: list[psutil.Process] = psutil.Process(self.pid).children(recursive=True)
+            return children
         except psutil.NoSuchProcess:
             return []
 

@@ -8,13 +8,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from parley_common.api import SessionDep
 from parley_common.errors import Problem
 from parley_common.logs import get_logger
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from parley_gateway.deps import SessionDep
 from parley_gateway.models import User
 from parley_gateway.security import TokenService, hash_password, verify_password
 

@@ -1,0 +1,10 @@
+{{/* What the usage processes connect to; the library's env templates read it (common.uses). */}}
+{{- define "usage.uses" -}}
+settings: true
+database: true
+redis: true
+rabbitmq: true
+cacheRedis: false
+internalAuth: true
+upstreams: []
+{{- end -}}

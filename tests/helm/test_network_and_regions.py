@@ -131,3 +131,27 @@ class TestRegions:
     def test_every_python_chart_is_in_the_umbrella(self) -> None:
         charts = {chart_of(d) for d in workloads(render(UMBRELLA))}
         assert set(PYTHON_CHARTS) <= charts
+
+
+class TestMetricsScraping:
+    def test_service_monitors_cover_every_parley_process_but_not_nginx(self) -> None:
+        docs = render(UMBRELLA, {"global": {"serviceMonitor": {"enabled": True}}})
+        monitors = {d["metadata"]["name"]: d for d in kind(docs, "ServiceMonitor")}
+        services = kind(docs, "Service")
+        for deployment in kind(docs, "Deployment"):
+            name = deployment["metadata"]["name"]
+            annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+            if chart_of(deployment) == "web":
+                assert name not in monitors
+                assert "prometheus.io/scrape" not in annotations
+                continue
+            assert annotations["prometheus.io/scrape"] == "true"
+            monitor = monitors[name]
+            port = monitor["spec"]["endpoints"][0]["port"]
+            (service,) = [
+                s for s in services
+                if s["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+                and monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+            ]  # fmt: skip
+            assert port in {p["name"] for p in service["spec"]["ports"]}
+            assert port in {p["name"] for p in containers(deployment)[0]["ports"]}

@@ -45,7 +45,9 @@ gracefulShutdownSeconds to finish open requests and SSE streams; the grace perio
 {{- end }}
 {{ include "common.pdb" $args }}
 {{ include "common.networkpolicy" $args }}
+{{- if $uses.metrics }}
 {{ include "common.servicemonitor" (merge (dict "portName" "http") $args) }}
+{{- end }}
 {{- end }}
 {{- end -}}
 

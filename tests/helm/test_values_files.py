@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
 import yaml
 
-from tests.helm.charts import CHARTS, HELM_SRC, REPO, SERVICE_CHARTS, UMBRELLA
+from tests.helm.charts import CHARTS, HELM_SRC, SERVICE_CHARTS, UMBRELLA
+from tests.images.workspace import DEPLOYED, services
 
 _KEY = re.compile(r"^(?P<indent>\s*)(?P<item>- )?(?P<key>[A-Za-z0-9_.\-/]+):(\s|$)")
 
@@ -85,12 +85,11 @@ def test_the_documentation_check_catches_a_bare_key() -> None:
 
 
 def service_scripts() -> dict[str, list[str]]:
-    """Console scripts of every service in the workspace: {service: [script, ...]}."""
-    found = {}
-    for pyproject in sorted((REPO / "services").glob("*/pyproject.toml")):
-        project = tomllib.loads(pyproject.read_text())["project"]
-        found[pyproject.parent.name] = sorted(project.get("scripts", {}))
-    return found
+    """Console scripts a chart must run, by service (command-line tools aside)."""
+    return {
+        service.name: [script for script in service.scripts if service.role(script) in DEPLOYED]
+        for service in services()
+    }
 
 
 def chart_commands(chart: str) -> set[str]:

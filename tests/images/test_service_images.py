@@ -9,6 +9,7 @@ their own that the service's migrate command (run first, as the Helm Job does) b
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from parley_common.testing.processes import ProcessManager
 from tests.images.workspace import (
     HTTP,
     METRICS,
-    ONCE,
     REPO,
     Service,
     clean_env,
@@ -92,6 +92,16 @@ def test_installs_only_its_own_package_and_declared_dependencies(
     assert present - own <= required(image.requirements), "installed something the lock does not list for it"
     for script in image.service.scripts:
         assert image.script(script).exists(), script
+    # Every entry point, command-line tools included, imports from the image's venv alone.
+    check = (
+        "import importlib.metadata as m, sys; "
+        "[e.load() for e in m.entry_points(group='console_scripts') if e.name.startswith(sys.argv[1])]"
+    )
+    result = subprocess.run(
+        [str(image.venv / "bin" / "python"), "-c", check, image.service.package + "-"],
+        env=clean_env(image.venv, {}), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
     # Non-editable: the code is inside the venv, not a link back to the source tree.
     site = next(image.venv.glob("lib/python*/site-packages"))
     assert (site / f"parley_{image.service.name}" / "__init__.py").is_file()
@@ -100,7 +110,9 @@ def test_installs_only_its_own_package_and_declared_dependencies(
 
 
 @pytest.mark.parametrize(
-    "service", [s for s in SERVICES if any(s.role(x) != ONCE for x in s.scripts)], ids=lambda s: s.name
+    "service",
+    [s for s in SERVICES if any(s.role(x) in (HTTP, METRICS) for x in s.scripts)],
+    ids=lambda s: s.name,
 )
 def test_service_migrates_then_every_process_starts_from_the_image_venv_and_answers_health(
     service: Service,
@@ -135,7 +147,7 @@ def test_service_migrates_then_every_process_starts_from_the_image_venv_and_answ
     bases = {}
     for script in service.scripts:
         role = service.role(script)
-        if role == ONCE:
+        if role not in (HTTP, METRICS):
             continue
         port = free_port()
         env = {**settings, ("PARLEY_HTTP_PORT" if role == HTTP else "PARLEY_METRICS_PORT"): str(port)}

@@ -19,9 +19,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "docker" / "install.sh"
 
-# How the charts run each kind of process (deploy/helm): the suffix of parley-<service>-<suffix>.
-HTTP, METRICS, ONCE = "http", "metrics", "once"
+# How the charts run each kind of process (deploy/helm), by the suffix of parley-<service>-<suffix>:
+# an HTTP API, a process serving PARLEY_METRICS_PORT, the migration Job. Any other console script is a
+# command-line tool an operator runs by hand (parley-gateway-admin, ...), which no chart deploys.
+HTTP, METRICS, ONCE, TOOL = "http", "metrics", "once", "tool"
 ROLES = {"api": HTTP, "worker": METRICS, "relay": METRICS, "beat": METRICS, "migrate": ONCE}
+DEPLOYED = (HTTP, METRICS, ONCE)
 
 
 @dataclass(frozen=True)
@@ -35,12 +38,7 @@ class Service:
         return f"parley-{self.name}"
 
     def role(self, script: str) -> str:
-        suffix = script.removeprefix(f"parley-{self.name}-")
-        if suffix not in ROLES:
-            raise AssertionError(
-                f"{script}: unknown kind of process; teach tests/images and deploy/helm about it"
-            )
-        return ROLES[suffix]
+        return ROLES.get(script.removeprefix(f"parley-{self.name}-"), TOOL)
 
 
 def services() -> list[Service]:

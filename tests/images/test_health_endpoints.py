@@ -64,7 +64,7 @@ class TestNotReadyWhileADependencyIsDown:
             "PARLEY_RABBITMQ_URL": f"amqp://guest:guest@{CLOSED.format(port=free_port())}/",
             "PARLEY_METRICS_PORT": str(port),
         }
-        processes.spawn("worker", [venv_command("parley-usage-worker")], env)
+        processes.spawn("worker", [sys.executable, "-c", CELERY_WORKER], env)
         live = wait_for_status(f"http://127.0.0.1:{port}/livez", 200)
         assert live.json() == {"status": "ok"}
         # Its checks are registered right after the server starts; then they stay like this, because the
@@ -79,6 +79,41 @@ class TestNotReadyWhileADependencyIsDown:
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert ready.status_code == 503
         assert ready.headers["content-type"] == "application/problem+json"
+
+    def test_worker_with_its_broker_becomes_ready(
+        self,
+        processes: ProcessManager,
+        platform_config: PlatformConfig,
+        database_url: str,
+        fresh_amqp_url: str,
+    ) -> None:
+        port = free_port()
+        env = {
+            **platform_config.base_env(),
+            "PARLEY_DATABASE_URL": database_url,
+            "PARLEY_RABBITMQ_URL": fresh_amqp_url,
+            "PARLEY_METRICS_PORT": str(port),
+        }
+        processes.spawn("worker", [sys.executable, "-c", CELERY_WORKER], env)
+        ready = wait_for_status(f"http://127.0.0.1:{port}/readyz", 200)
+        assert ready.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+
+
+# A Celery worker exactly as parley_common runs every service's (run_worker), for a settings class with a
+# database; it consumes notify's queue here, but any queue would do.
+CELERY_WORKER = """
+from parley_common.messaging import topology
+from parley_common.messaging.worker import WorkerSettings, create_celery_app, run_worker
+from parley_common.settings import DatabaseSettings
+
+
+class Settings(WorkerSettings, DatabaseSettings):
+    pass
+
+
+settings = Settings()
+run_worker(create_celery_app("notify", topology.NOTIFY, settings), settings)
+"""
 
 
 class TestHealthServer:

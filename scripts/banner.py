@@ -33,7 +33,7 @@ Parley is up at {GATEWAY}
   # create an account and get a token
   curl -s {GATEWAY}/v1/auth/register -H 'content-type: application/json' \\
        -d '{{"email":"me@example.com","password":"a long password"}}'
-  TOKEN=$(curl -s {GATEWAY}/v1/auth/login -H 'content-type: application/json' \\
+  export TOKEN=$(curl -s {GATEWAY}/v1/auth/login -H 'content-type: application/json' \\
        -d '{{"email":"me@example.com","password":"a long password"}}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["access_token"])')
 
   # a chat completion

@@ -14,7 +14,7 @@ class Settings(HttpServerSettings, DatabaseSettings):
     jwt_private_keys: SecretStr | None = dev_default(
         None,
         "PEM text of the ES256 signing keys; the first signs, the others stay in the JWKS until their tokens "
-        "expire. Unset in development: make run writes one to .run/dev.env",
+        "expire. make run generates one into .run/jwt-key.pem; unset otherwise, a process makes a throwaway key",
     )
     jwt_issuer: str = Field("parley", description="iss of access tokens")
     jwt_audience: str = Field("parley-api", description="aud of access tokens")

@@ -22,7 +22,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
 from kombu.entity import Exchange, Queue, binding
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from parley_common.events import Event
 from parley_common.health import HealthServer
@@ -73,10 +73,16 @@ def _declare_dead_letter_side(app: Celery, queue: topology.ConsumerQueue) -> Non
 class WorkerSettings(ParleySettings, RabbitSettings):
     """What every Celery worker reads."""
 
-    worker_concurrency: int = 2
-    task_time_limit: int = 300  # seconds; the Helm grace period must exceed it
-    transient_retries: int = 5
-    metrics_port: int | None = None
+    worker_concurrency: int = Field(2, ge=1, description="Celery prefork child processes")
+    task_time_limit: int = Field(
+        300, ge=1, description="Seconds a task may run before it is killed (Helm's grace period exceeds it)"
+    )
+    transient_retries: int = Field(
+        5,
+        ge=0,
+        description="In-place retries of a transient failure before the message goes back to the queue",
+    )
+    metrics_port: int | None = Field(None, description="Port serving /metrics from a worker (unset: none)")
 
 
 def create_celery_app(service: str, queue: topology.ConsumerQueue, settings: WorkerSettings) -> Celery:

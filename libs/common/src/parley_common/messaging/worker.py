@@ -82,7 +82,9 @@ class WorkerSettings(ParleySettings, RabbitSettings):
         ge=0,
         description="In-place retries of a transient failure before the message goes back to the queue",
     )
-    metrics_port: int | None = Field(None, description="Port serving /metrics from a worker (unset: none)")
+    metrics_port: int | None = Field(
+        None, description="Port serving /metrics, /livez and /readyz from a worker, beat or relay (unset: none)"
+    )
 
 
 def create_celery_app(service: str, queue: topology.ConsumerQueue, settings: WorkerSettings) -> Celery:

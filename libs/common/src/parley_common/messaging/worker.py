@@ -83,7 +83,8 @@ class WorkerSettings(ParleySettings, RabbitSettings):
         description="In-place retries of a transient failure before the message goes back to the queue",
     )
     metrics_port: int | None = Field(
-        None, description="Port serving /metrics, /livez and /readyz from a worker, beat or relay (unset: none)"
+        None,
+        description="Port serving /metrics, /livez and /readyz from a worker, beat or relay (unset: none)",
     )
 
 

@@ -63,6 +63,7 @@ def charts_dir() -> Path:
     root = Path(tempfile.mkdtemp(prefix="parley-helm-"))
     target = root / "helm"
     shutil.copytree(HELM_SRC, target, ignore=shutil.ignore_patterns("charts", "Chart.lock", "*.tgz"))
+    # lint("common") reads the library chart from here too.
 
     def build(chart: str) -> None:
         result = run_helm("dependency", "build", target / chart)

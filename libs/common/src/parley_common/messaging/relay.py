@@ -200,6 +200,24 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
+def watch_relay_health(relay: OutboxRelay, settings: Any, stop: asyncio.Event) -> None:
+    """Serve ``/livez``, ``/readyz`` and ``/metrics`` on the metrics port, when one is set, for the probes.
+
+    Ready while the relay holds an open broker channel and the database answers; not ready once stopping.
+    """
+    from parley_common.health import metrics_port, serve_health, settings_checks
+
+    port = metrics_port(settings)
+    if port is None:
+        return
+    health = serve_health(port)
+    for name, check in settings_checks(settings, name=f"{relay.service}.relay").items():
+        health.add_check(name, check)
+    health.add_check("broker", lambda: relay._channel is not None and not relay._channel.is_closed)
+    health.add_check("running", lambda: not stop.is_set())
+    health.set_started()
+
+
 def run_relay_process(service: str, settings: Any, table: Table, config: RelayConfig | None = None) -> None:
     """The body of a ``parley-<service>-relay`` process: relay until SIGTERM/SIGINT.
 
@@ -224,6 +242,7 @@ def run_relay_process(service: str, settings: Any, table: Table, config: RelayCo
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watch_relay_health(relay, settings, stop)
         log.info("relay.started", table=str(table))
         try:
             await relay.run(stop)

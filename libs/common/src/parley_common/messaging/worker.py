@@ -25,6 +25,7 @@ from kombu.entity import Exchange, Queue, binding
 from pydantic import Field, ValidationError
 
 from parley_common.events import Event
+from parley_common.health import HealthServer
 from parley_common.logs import bind_context, clear_context, get_logger
 from parley_common.messaging import topology
 from parley_common.metrics import EVENTS_HANDLED
@@ -81,7 +82,10 @@ class WorkerSettings(ParleySettings, RabbitSettings):
         ge=0,
         description="In-place retries of a transient failure before the message goes back to the queue",
     )
-    metrics_port: int | None = Field(None, description="Port serving /metrics from a worker (unset: none)")
+    metrics_port: int | None = Field(
+        None,
+        description="Port serving /metrics, /livez and /readyz from a worker, beat or relay (unset: none)",
+    )
 
 
 def create_celery_app(service: str, queue: topology.ConsumerQueue, settings: WorkerSettings) -> Celery:
@@ -183,6 +187,30 @@ def event_handler(
     return decorate
 
 
+def watch_worker_health(app: Celery, settings: WorkerSettings, health: HealthServer) -> None:
+    """Ready once the consumer is connected to the broker; not ready again from warm shutdown on.
+
+    Readiness also covers the database and Redis that ``settings`` configures (see
+    :func:`parley_common.health.settings_checks`).
+    """
+    from parley_common.health import settings_checks
+
+    for name, check in settings_checks(settings, name=f"{app.conf.parley_service}.worker").items():
+        health.add_check(name, check)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(sender: Any = None, **_: Any) -> None:
+        consumer = sender
+        health.add_check(
+            "broker", lambda: bool(consumer.connection is not None and consumer.connection.connected)
+        )
+        health.set_started()
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _stopping(**_: Any) -> None:
+        health.set_started(False)
+
+
 def run_worker(app: Celery, settings: WorkerSettings, *, extra_args: list[str] | None = None) -> None:
     """Start the worker (``parley-<service>-worker``): logging, tracing and metrics first, then Celery.
 
@@ -192,7 +220,7 @@ def run_worker(app: Celery, settings: WorkerSettings, *, extra_args: list[str] |
     import os
     import socket
 
-    from parley_common.metrics import serve_metrics
+    from parley_common.health import serve_health
     from parley_common.process import init_process
 
     service: str = app.conf.parley_service
@@ -204,7 +232,8 @@ def run_worker(app: Celery, settings: WorkerSettings, *, extra_args: list[str] |
         """Connected so Celery does not install its own handlers over ours."""
 
     if settings.metrics_port:
-        serve_metrics(settings.metrics_port)
+        # /metrics plus /livez and /readyz for the Helm probes (the worker has no HTTP server of its own).
+        watch_worker_health(app, settings, serve_health(settings.metrics_port))
     node = f"{service}-{os.getpid()}@{socket.gethostname()}"
     app.worker_main(
         [

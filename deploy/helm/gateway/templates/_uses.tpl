@@ -1,0 +1,12 @@
+{{/* What the gateway processes are and reach: settings = reads PARLEY_* settings (ConfigMap), metrics = serves /metrics,
+then the connections it gets. The library's env and pod templates read it (common.uses). */}}
+{{- define "gateway.uses" -}}
+settings: true
+metrics: true
+database: true
+redis: true
+rabbitmq: true
+cacheRedis: false
+internalAuth: false
+upstreams: [chat, usage, webhooks]
+{{- end -}}

@@ -50,10 +50,12 @@ class ChatStack:
     def user(self, **plan: Any) -> User:
         return User.new(self, PlanClaims(**plan))
 
-    def spawn_chat(self, name: str, env: dict[str, str]) -> str:
-        """Another chat process over the same providers and database, with ``env`` added; its base URL."""
+    def spawn_chat(self, name: str, env: dict[str, str], manager: ProcessManager | None = None) -> str:
+        """Another chat process over the same providers and database, with ``env`` added; its base URL.
+
+        It lives as long as ``manager`` (the stack's own by default)."""
         port = free_port()
-        self.manager.spawn(
+        (manager or self.manager).spawn(
             name,
             [venv_command("parley-chat-api")],
             {**self.config.base_env(), **self.chat_env, "PARLEY_HTTP_PORT": str(port), **env},

@@ -9,10 +9,12 @@ import json
 import httpx
 import openai
 import pytest
+from parley_common.testing.processes import ProcessManager
 from parley_fake_provider.tokens import completion_tokens, prompt_tokens
 
 from tests.chat.support import ChatStack, calls, new_request_id, sse_data
 from tests.support.api import register_and_login
+from tests.support.platform import start_fake_provider
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -216,3 +218,32 @@ class TestUsageForTheGateway:
         )
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_token"
+
+
+class TestOfflineModel:
+    """No provider configured: the built-in offline model (the fake provider ``make run`` starts) answers."""
+
+    def test_offline_model_is_labelled_and_answers_every_model(
+        self, stack: ChatStack, processes: ProcessManager
+    ) -> None:
+        _, offline_url = start_fake_provider(processes, "--chunks", "4", name="offline-model")
+        chat = stack.spawn_chat(
+            "chat-offline",
+            {"PARLEY_PROVIDERS": "[]", "PARLEY_OFFLINE_MODEL_URL": offline_url + "/v1"},
+            processes,
+        )
+        user = stack.user(name="free", default_model="gpt-4o-mini", allowed_models=["gpt-4o-mini"])
+        [model] = user.client(chat).models.list().data
+        assert (model.id, model.owned_by) == ("parley-offline", "parley-offline")
+        assert "offline" in (model.model_extra or {})["description"]
+
+        for requested in ("gpt-4o-mini", None, "parley-offline"):
+            body = {"messages": MESSAGES, **({"model": requested} if requested else {})}
+            with user.http(chat) as http:
+                answer = http.post("/v1/chat/completions", json=body).json()
+            assert answer["model"] == "parley-offline"
+            assert answer["choices"][0]["message"]["content"] == "name three colours please"
+        assert {c["model"] for c in calls(offline_url)} == {"parley-offline"}
+        assert {(e["model"], e["provider"]) for e in user.events()} == {("parley-offline", "offline")}
+        with pytest.raises(openai.NotFoundError):
+            user.client(chat).chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]

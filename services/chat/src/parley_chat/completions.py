@@ -28,7 +28,7 @@ from parley_common.tokens import count_text_tokens, estimate_prompt_tokens
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from parley_chat.cache import ResponseCache, cache_key
-from parley_chat.calls import STREAM_ERRORS, CallFailed, ProviderCaller, ProviderStreamError, SSEEvent
+from parley_chat.calls import STREAM_ERRORS, CallFailed, ProviderCaller, ProviderStreamError
 from parley_chat.config import Settings
 from parley_chat.models import Completion, OutboxMessage
 from parley_chat.providers import Route, Router
@@ -91,7 +91,7 @@ Finisher = Callable[[AsyncSession, Outcome], Awaitable[None]]
 
 
 class EventSource(Protocol):
-    async def next_event(self) -> SSEEvent | None: ...
+    async def next_event(self) -> bytes | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -117,20 +117,18 @@ class CachedAnswer:
         }
         message = entry["message"]
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> SSEEvent:
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            return SSEEvent(json.dumps({**base, "choices": [choice]}, separators=(",", ":")).encode())
+            return json.dumps({**base, "choices": [choice]}, separators=(",", ":")).encode()
 
         self._events = [
             chunk({"role": "assistant", "content": ""}, None),
             chunk({"content": message.get("content") or ""}, None),
             chunk({}, entry.get("finish_reason") or "stop"),
-            SSEEvent(
-                json.dumps({**base, "choices": [], "usage": entry["usage"]}, separators=(",", ":")).encode()
-            ),
+            json.dumps({**base, "choices": [], "usage": entry["usage"]}, separators=(",", ":")).encode(),
         ]
 
-    async def next_event(self) -> SSEEvent | None:
+    async def next_event(self) -> bytes | None:
         return self._events.pop(0) if self._events else None
 
     async def aclose(self) -> None:
@@ -286,9 +284,9 @@ class CompletionService:
         try:
             try:
                 while (event := await source.next_event()) is not None:
-                    if event.data == b"[DONE]":
+                    if event == b"[DONE]":
                         break
-                    chunk = json.loads(event.data)
+                    chunk = json.loads(event)
                     if "error" in chunk:
                         raise ProviderStreamError("the provider sent an error event mid-stream")
                     first = first or chunk
@@ -299,7 +297,7 @@ class CompletionService:
                         outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
                     choices = chunk.get("choices")
                     if not choices and usage:
-                        usage_event = event.data  # sent at the end, when the usage chunk is wanted
+                        usage_event = event  # sent at the end, when the usage chunk is wanted
                         continue
                     for choice in choices or ():
                         delta = choice.get("delta") or {}
@@ -310,7 +308,7 @@ class CompletionService:
                             outcome.generated.append((tool_call.get("function") or {}).get("arguments") or "")
                         if reason := choice.get("finish_reason"):
                             outcome.finish_reason = reason
-                    yield b"data: " + event.data + b"\n\n"
+                    yield b"data: " + event + b"\n\n"
                 if outcome.finish_reason is None:
                     raise ProviderStreamError("the provider ended the stream before finishing")
             except STREAM_ERRORS as exc:

@@ -104,6 +104,17 @@ def _cpu(processes: list[ManagedProcess]) -> dict[str, float]:
     return seconds
 
 
+async def _settle(processes: list[ManagedProcess], within: float = 60.0) -> None:
+    """Wait until the servers are idle: a round's tail (usage records written after the last byte) must not
+    be billed to the next round."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = sum(_cpu(processes).values())
+        await asyncio.sleep(0.5)
+        if sum(_cpu(processes).values()) - before < 0.02:  # under 4 % of one core
+            return
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -161,10 +172,14 @@ async def _measure(
     count: int = STREAMS,
     ramp: float = 0.0,
 ) -> dict[str, Any]:
+    await _settle(servers)
     await _round(port, path, headers, WARMUP)  # connection pools filled, code paths warm
+    await _settle(servers)
     before, client_before, wall = _cpu(servers), time.process_time(), time.monotonic()
     timings = await _round(port, path, headers, count, ramp)
-    after, client_cpu, wall = _cpu(servers), time.process_time() - client_before, time.monotonic() - wall
+    wall = time.monotonic() - wall
+    await _settle(servers)  # the CPU of a round includes its tail
+    after, client_cpu = _cpu(servers), time.process_time() - client_before
     result = _summarise(timings)
     result["wall_s"] = round(wall, 2)
     result["cpu_ms_per_stream"] = {

@@ -287,8 +287,8 @@ class CompletionService:
                     if event == b"[DONE]":
                         break
                     chunk = json.loads(event)
-                    if "error" in chunk:
-                        raise ProviderStreamError("the provider sent an error event mid-stream")
+                    if not isinstance(chunk, dict) or "error" in chunk:
+                        raise ProviderStreamError("the provider sent an error (or garbage) mid-stream")
                     first = first or chunk
                     usage = chunk.get("usage")
                     if usage:

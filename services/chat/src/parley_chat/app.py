@@ -11,6 +11,7 @@ from parley_common.auth.internal import InternalTokenVerifier
 from parley_common.auth.jwks import KeySet
 from parley_common.db.engine import async_engines, async_session_factory, ping
 from parley_common.process import init_process
+from parley_common.tokens import count_text_tokens
 
 from parley_chat.cache import ResponseCache
 from parley_chat.completions import CompletionService
@@ -28,6 +29,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load the tokenizer now: its first use reads the BPE table (most of a second, synchronously), and
+        # that first use is a cut stream's usage estimate, which would freeze every other stream meanwhile.
+        count_text_tokens("warm up")
         writer, reader = async_engines(settings, "chat.api")
         router = Router(settings)
         cache = ResponseCache(

@@ -405,3 +405,46 @@ class TestReadReplica:
         )
         assert readers
         assert {r["usename"] for r in readers} == {make_url(replica).username}
+
+
+class TestPartitioning:
+    def test_messages_are_hash_partitioned_by_user(
+        self, stack: ChatStack, providers: dict[str, str], database_url: str
+    ) -> None:
+        partitions = query(
+            database_url,
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'chat.messages'::regclass",
+        )
+        assert len(partitions) == 16
+        assert all("FOR VALUES WITH (modulus 16" in p["bound"] for p in partitions)
+        strategy = query(
+            database_url,
+            "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'chat.messages'::regclass",
+        )
+        assert strategy == [{"partstrat": "h"}]
+
+        user = stack.user()
+        with user.http() as http:
+            for _ in range(2):
+                conversation = _create(http)
+                _post(http, conversation["id"], "where do I live", max_tokens=1)
+        homes = query(
+            database_url,
+            "SELECT DISTINCT tableoid::regclass::text AS part FROM chat.messages WHERE user_id = :u",
+            u=str(user.user_id),
+        )
+        assert len(homes) == 1  # all of one user's messages live in one partition
+        plan = query(
+            database_url,
+            "EXPLAIN SELECT * FROM chat.messages WHERE user_id = :u AND conversation_id = :c ORDER BY seq",
+            u=str(user.user_id),
+            c=conversation["id"],
+        )
+        scanned = {
+            p for p in (r["QUERY PLAN"] for r in plan) for part in [homes[0]["part"]] if "messages_p" in p
+        }
+        assert scanned
+        assert all(
+            homes[0]["part"].split(".")[-1] in line for line in scanned
+        )  # pruned to that one partition

@@ -21,8 +21,8 @@ python scripts/dev_setup.py
 
 procfile=.run/Procfile
 : > "$procfile"
-if [ -z "${PARLEY_OPENAI_API_KEY:-}" ] && [ -z "${PARLEY_OPENAI_BASE_URL:-}" ]; then
-  echo "[run] no provider configured (PARLEY_OPENAI_API_KEY / PARLEY_OPENAI_BASE_URL): starting the offline model"
+if [ -z "${PARLEY_OPENAI_API_KEY:-}" ] && [ -z "${PARLEY_OPENAI_BASE_URL:-}" ] && [ -z "${PARLEY_PROVIDERS:-}" ]; then
+  echo "[run] no provider configured (PARLEY_PROVIDERS / PARLEY_OPENAI_API_KEY / PARLEY_OPENAI_BASE_URL): starting the offline model"
   export PARLEY_OFFLINE_MODEL=1
   echo "offline-model: parley-fake-provider --port 8090 --chunks 24 --chunk-delay-ms 40" >> "$procfile"
 fi

@@ -44,9 +44,9 @@ class Platform:
 
 
 def start_fake_provider(
-    manager: ProcessManager, *args: str, name: str = "provider"
+    manager: ProcessManager, *args: str, name: str = "provider", port: int | None = None
 ) -> tuple[ManagedProcess, str]:
-    port = free_port()
+    port = port or free_port()
     process = manager.spawn(
         name,
         [venv_command("parley-fake-provider"), "--port", str(port), *args],
@@ -62,9 +62,13 @@ def start_platform(
     provider_args: tuple[str, ...] = (),
     with_usage_worker: bool = True,
     with_relay: bool = True,
+    chat_env: dict[str, str] | None = None,
+    provider_port: int | None = None,
 ) -> Platform:
+    """``chat_env`` adds to (or overrides) chat's environment, e.g. ``PARLEY_PROVIDERS`` for a routing
+    table over several fake providers started with :func:`start_fake_provider` on the same manager."""
     env = config.base_env()
-    provider, provider_url = start_fake_provider(manager, *provider_args)
+    provider, provider_url = start_fake_provider(manager, *provider_args, port=provider_port)
     chat_port, gateway_port = free_port(), free_port()
     chat = manager.spawn(
         "chat",
@@ -74,6 +78,7 @@ def start_platform(
             "PARLEY_HTTP_PORT": str(chat_port),
             "PARLEY_OPENAI_BASE_URL": provider_url + "/v1",
             "PARLEY_OPENAI_API_KEY": "test-provider-key",
+            **(chat_env or {}),
         },
         ready_url=f"http://127.0.0.1:{chat_port}/readyz",
     )

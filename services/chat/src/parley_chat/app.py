@@ -5,46 +5,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import openai
 from fastapi import FastAPI
-from openai import AsyncOpenAI
 from parley_common.api import create_service_app
 from parley_common.auth.internal import InternalTokenVerifier
 from parley_common.auth.jwks import KeySet
 from parley_common.db.engine import async_engines, async_session_factory, ping
-from parley_common.logs import get_logger
 from parley_common.process import init_process
+from parley_common.tokens import count_text_tokens
 
+from parley_chat.cache import ResponseCache
 from parley_chat.completions import CompletionService
 from parley_chat.config import Settings, get_settings
-from parley_chat.routes import completions
+from parley_chat.conversations.service import ConversationService
+from parley_chat.providers import Router
+from parley_chat.routes import completions, conversations, models
 
 OPENAI_PREFIXES = ("/v1/chat/completions", "/v1/models")
-
-log = get_logger(__name__)
-
-
-def provider_client(settings: Settings) -> AsyncOpenAI:
-    if settings.provider_name == "offline":
-        base_url, api_key = settings.offline_model_url, "offline"
-        log.warning(
-            "provider.offline_model",
-            base_url=base_url,
-            hint="no provider configured: answers come from the built-in offline model",
-        )
-    else:
-        base_url = settings.openai_base_url or "https://api.openai.com/v1"
-        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-    return AsyncOpenAI(
-        base_url=base_url,
-        api_key=api_key,
-        timeout=openai.Timeout(settings.provider_timeout, connect=5.0),
-        max_retries=settings.provider_max_retries,
-        # openai ships its own httpx fork (httpx2); its default client class takes the pool limits.
-        http_client=openai.DefaultAsyncHttpxClient(
-            limits=type(openai.DEFAULT_CONNECTION_LIMITS)(max_connections=1000, max_keepalive_connections=200)
-        ),
-    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,13 +29,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine, _reader = async_engines(settings, "chat.api")
-        client = provider_client(settings)
-        app.state.completions = CompletionService(settings, async_session_factory(engine), client)
-        app.state.readiness_checks = {"database": lambda: ping(engine)}
+        # Load the tokenizer now: its first use reads the BPE table (most of a second, synchronously), and
+        # that first use is a cut stream's usage estimate, which would freeze every other stream meanwhile.
+        count_text_tokens("warm up")
+        writer, reader = async_engines(settings, "chat.api")
+        router = Router(settings)
+        cache = ResponseCache(
+            settings.cache_url.get_secret_value(),
+            ttl=settings.cache_ttl_seconds,
+            max_bytes=settings.cache_max_bytes,
+            connect_timeout=settings.redis_connect_timeout,
+            command_timeout=settings.redis_command_timeout,
+            pause_after_error=settings.cache_pause_after_error,
+        )
+        app.state.sessionmaker = async_session_factory(writer)
+        app.state.router = router
+        app.state.completions = CompletionService(settings, app.state.sessionmaker, router, cache)
+        app.state.conversations = ConversationService(
+            settings,
+            app.state.sessionmaker,
+            async_session_factory(reader),
+            app.state.completions,
+            has_replica=reader is not writer,
+        )
+        # Redis is left out on purpose: the cache fails open, so chat is ready without it.
+        app.state.readiness_checks = {"database": lambda: ping(writer)}
         yield
-        await client.close()
-        await engine.dispose()
+        await router.close()
+        await cache.close()
+        if reader is not writer:
+            await reader.dispose()
+        await writer.dispose()
 
     app = create_service_app(service="chat", lifespan=lifespan, openai_prefixes=OPENAI_PREFIXES)
     keys = (
@@ -69,4 +69,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.internal_verifier = InternalTokenVerifier(keys)
     app.include_router(completions.router)
+    app.include_router(models.router)
+    app.include_router(conversations.router)
     return app

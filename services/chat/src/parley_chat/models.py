@@ -8,10 +8,22 @@ from uuid import UUID
 
 from parley_common.db.base import schema_metadata
 from parley_common.messaging.outbox import OutboxMixin
-from sqlalchemy import DateTime, Integer, String, func
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "chat"
+MESSAGE_PARTITIONS = 16  # hash partitions of chat.messages; changing it is a migration
 
 
 class Model(DeclarativeBase):
@@ -31,7 +43,65 @@ class Completion(Model):
     status: Mapped[str] = mapped_column(String(20))
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
+    cached: Mapped[bool] = mapped_column(server_default=text("false"))
+    estimated: Mapped[bool] = mapped_column(server_default=text("false"))
+    conversation_id: Mapped[UUID | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Conversation(Model):
+    __tablename__ = "conversations"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[UUID] = mapped_column()
+    title: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(200))
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    # seq of the newest message: tells a history read from a replica whether the replica has caught up.
+    last_message_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    message_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        # Messages reference (user_id, id): a message can only ever belong to its owner's conversation.
+        UniqueConstraint("user_id", "id", name="uq_conversations_user_id_id"),
+        Index("ix_conversations_user_created", "user_id", "created_at", "id"),
+    )
+
+
+class Message(Model):
+    """A message of a conversation; the table is hash-partitioned by ``user_id`` (see the migration)."""
+
+    __tablename__ = "messages"
+
+    user_id: Mapped[UUID] = mapped_column(primary_key=True)
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    conversation_id: Mapped[UUID] = mapped_column()
+    seq: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("nextval('chat.message_seq')"), nullable=False
+    )
+    role: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), server_default=text("'completed'"))
+    finish_reason: Mapped[str | None] = mapped_column(String(40))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["user_id", "conversation_id"],
+            ["chat.conversations.user_id", "chat.conversations.id"],
+            ondelete="CASCADE",
+            name="fk_messages_conversation",
+        ),
+        Index("ix_messages_conversation_seq", "user_id", "conversation_id", "seq"),
+        {"postgresql_partition_by": "HASH (user_id)"},
+    )
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012 - read once by the declarative mapper
 
 
 class OutboxMessage(OutboxMixin, Model):

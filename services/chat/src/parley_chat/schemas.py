@@ -6,11 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Parameters that never change what the model answers: left out of the response cache key.
+NOT_OUTPUT_CHANGING = frozenset(
+    {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+)
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
 
@@ -22,7 +27,11 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions``; unknown parameters are refused, as OpenAI does."""
+    """``POST /v1/chat/completions``; unknown parameters are refused, as OpenAI does.
+
+    ``parley_cache`` is Parley's own: ``true`` opts a non-deterministic request into the response cache
+    (when the plan allows caching), ``false`` keeps a request out of it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,11 +53,23 @@ class ChatCompletionRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    parley_cache: bool | None = None
 
     @property
     def wants_usage_chunk(self) -> bool:
@@ -59,4 +80,6 @@ class ChatCompletionRequest(BaseModel):
 
     def provider_params(self) -> dict[str, Any]:
         """Everything the provider needs besides model, messages and streaming flags."""
-        return self.model_dump(exclude_none=True, exclude={"model", "messages", "stream", "stream_options"})
+        return self.model_dump(
+            exclude_none=True, exclude={"model", "messages", "stream", "stream_options", "parley_cache"}
+        )

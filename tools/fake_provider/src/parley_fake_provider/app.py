@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import time
 import uuid
@@ -31,6 +32,8 @@ class Behaviour:
     errors: list[int] = field(default_factory=list)  # statuses for the next calls, consumed in order
     retry_after: int | None = None  # Retry-After seconds sent with 429/503 errors
     fail_stream_after: int | None = None  # abort a stream after this many chunks
+    stall_stream_after: int | None = None  # stop sending (but keep the connection) after this many chunks
+    record_messages: bool = False  # keep each call's messages in /_fake/stats (tests of prompt building)
     api_key: str | None = None  # when set, calls must send it as a bearer token
     models: list[str] = field(default_factory=lambda: ["gpt-4o-mini", "gpt-4o", "parley-offline"])
     owned_by: str = "parley-fake-provider"
@@ -48,11 +51,14 @@ class CallRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    message_count: int = 0
+    messages: list[dict[str, Any]] | None = None
 
 
 class State:
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
+        self.initial = copy.deepcopy(behaviour)
         self.calls: deque[CallRecord] = deque(maxlen=20_000)
         self.total_calls = 0
 
@@ -129,6 +135,9 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         if not isinstance(messages, list) or not messages:
             record.outcome, record.ended = "error:400", time.time()
             return _error(400, "messages must be a non-empty list")
+        record.message_count = len(messages)
+        if b.record_messages:
+            record.messages = messages
         if record.model not in b.models:
             record.outcome, record.ended = "error:404", time.time()
             return _error(404, f"The model `{record.model}` does not exist")
@@ -175,7 +184,10 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
 
     @app.post("/_fake/config")
     async def configure(request: Request) -> dict[str, Any]:
+        """Change the behaviour; ``{"reset": true, ...}`` first restores the one it started with."""
         updates = await request.json()
+        if updates.pop("reset", False):
+            state.behaviour = copy.deepcopy(state.initial)
         names = {f.name for f in fields(Behaviour)}
         for key, value in updates.items():
             if key in names:
@@ -223,6 +235,8 @@ async def _stream(
             if b.fail_stream_after is not None and i >= b.fail_stream_after:
                 record.outcome = "failed"
                 raise RuntimeError("fake provider: stream failure injected")
+            if b.stall_stream_after is not None and i >= b.stall_stream_after:
+                await asyncio.Event().wait()  # until the client gives up and the call is cancelled
             if b.chunk_delay_ms and i:
                 await asyncio.sleep(b.chunk_delay_ms / 1000)
             yield _chunk(record, created, {"content": word if i == 0 else " " + word}, None)

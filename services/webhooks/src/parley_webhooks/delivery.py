@@ -5,8 +5,10 @@
 - ``claim_due`` (beat's periodic task): pending deliveries whose ``next_attempt_at`` has come are leased
   (``next_attempt_at`` pushed ``lease`` ahead) with a fresh ``dispatch_token`` and handed to workers. If a
   worker never reports back, the lease runs out and the delivery is claimed again.
-- ``attempt``: only the holder of the current token may attempt; the attempt row is written before the
-  request (an unfinished one found later is marked ``interrupted``) and completed after it.
+- ``attempt``: only the holder of the current token may attempt, once: starting the attempt replaces the
+  token and restarts the lease, in the transaction that writes the attempt row (an unfinished one found
+  later is marked ``interrupted``). So a task message delivered twice makes one attempt, and an attempt
+  whose worker died is made again when its lease runs out: at most one extra attempt, nothing lost.
 - Outcomes: 2xx succeeds; 410 disables the endpoint; anything else (3xx included) is retried on the
   schedule with jitter, never sooner than a 429/503 ``Retry-After``; when the schedule runs out the
   delivery fails. An endpoint failing for ``disable_after`` without one success is disabled, and the
@@ -129,6 +131,7 @@ def claim_due(engine: Engine, batch: int, lease: float) -> list[tuple[UUID, UUID
 @dataclass(frozen=True)
 class _Claimed:
     attempt_id: int
+    token: UUID
     endpoint_id: UUID
     url: str
     webhook_id: str
@@ -145,13 +148,13 @@ def attempt(
     scheduled_at: datetime | None = None,
 ) -> str:
     """Make one attempt of a dispatched delivery; returns what happened (for logs and tests)."""
-    claimed = _start(engine, delivery_id, token, scheduled_at)
+    claimed = _start(engine, delivery_id, token, scheduled_at, policy.lease)
     if isinstance(claimed, str):
         return claimed
     timestamp = int(time.time())
     headers = signing.headers(claimed.secrets, claimed.webhook_id, timestamp, claimed.body)
     result = sender.send(claimed.url, headers, claimed.body.encode())
-    outcome = _finish(engine, policy, delivery_id, token, claimed, result)
+    outcome = _finish(engine, policy, delivery_id, claimed, result)
     log.info(
         "webhook.attempted",
         delivery_id=str(delivery_id),
@@ -165,7 +168,9 @@ def attempt(
     return outcome
 
 
-def _start(engine: Engine, delivery_id: UUID, token: UUID, scheduled_at: datetime | None) -> _Claimed | str:
+def _start(
+    engine: Engine, delivery_id: UUID, token: UUID, scheduled_at: datetime | None, lease: float
+) -> _Claimed | str:
     with engine.begin() as conn:
         delivery = conn.execute(
             select(
@@ -196,6 +201,7 @@ def _start(engine: Engine, delivery_id: UUID, token: UUID, scheduled_at: datetim
                 outcome="interrupted", finished_at=func.now(), error="the worker stopped during this attempt"
             )
         )
+        attempt_token = uuid.uuid4()
         secrets = list(
             conn.scalars(
                 select(EndpointSecret.secret)
@@ -219,10 +225,25 @@ def _start(engine: Engine, delivery_id: UUID, token: UUID, scheduled_at: datetim
         conn.execute(
             update(Delivery)
             .where(Delivery.id == delivery_id)
-            .values(attempt_count=Delivery.attempt_count + 1, round_attempts=Delivery.round_attempts + 1)
+            .values(
+                attempt_count=Delivery.attempt_count + 1,
+                round_attempts=Delivery.round_attempts + 1,
+                # The lease restarts with the attempt, so it always outlasts the request's timeout.
+                next_attempt_at=func.now() + timedelta(seconds=lease),
+                # The dispatch is used up: a second copy of the same task message (redelivered after a
+                # lost connection or a crash) finds the token changed and does nothing; if this attempt
+                # never finishes, the lease runs out and beat dispatches the delivery afresh.
+                dispatch_token=attempt_token,
+            )
         )
         return _Claimed(
-            attempt_id, delivery.endpoint_id, delivery.url, delivery.webhook_id, delivery.body, secrets
+            attempt_id,
+            attempt_token,
+            delivery.endpoint_id,
+            delivery.url,
+            delivery.webhook_id,
+            delivery.body,
+            secrets,
         )
 
 
@@ -230,7 +251,6 @@ def _finish(
     engine: Engine,
     policy: DeliveryPolicy,
     delivery_id: UUID,
-    token: UUID,
     claimed: _Claimed,
     result: AttemptResult,
 ) -> str:
@@ -255,8 +275,10 @@ def _finish(
             )
         )
         delivery = conn.execute(
-            select(Delivery).where(Delivery.id == delivery_id).with_for_update()
-        ).scalar_one()
+            select(Delivery.status, Delivery.dispatch_token, Delivery.round_attempts)
+            .where(Delivery.id == delivery_id)
+            .with_for_update()
+        ).one()
         common: dict[str, Any] = {"last_status_code": result.status_code, "last_error": error}
         if result.succeeded:
             conn.execute(
@@ -278,7 +300,7 @@ def _finish(
             )
             return "succeeded"
 
-        still_ours = delivery.status == "pending" and delivery.dispatch_token == token
+        still_ours = delivery.status == "pending" and delivery.dispatch_token == claimed.token
         if result.status_code == 410:
             conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**common))
             _disable(conn, claimed.endpoint_id, "gone", policy.region)

@@ -130,6 +130,17 @@ class Stack:
     def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         return query(self.res.database_url, sql, **params)
 
+    def execute(self, sql: str, **params: Any) -> None:
+        """Run a statement and commit (test set-up the API would refuse to make)."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.res.database_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(sql), params)
+        finally:
+            engine.dispose()
+
     def publish(self, events: list[Event]) -> None:
         publish(self.res.amqp_url, events)
 
@@ -152,7 +163,9 @@ def start_stack(
     *,
     notify_env: dict[str, str] | None = None,
     worker_env: dict[str, str] | None = None,
+    with_worker: bool = True,
 ) -> Stack:
+    """API and relay, plus (``with_worker``) the delivery worker and beat, plus (``notify_env``) notify."""
     identity = Identity.new()
     env = base_env(res, identity, **settings)
     port = free_port()
@@ -163,10 +176,11 @@ def start_stack(
             {**env, "PARLEY_HTTP_PORT": str(port)},
             ready_url=f"http://127.0.0.1:{port}/readyz",
         ),
-        "worker": start_worker(manager, {**env, **(worker_env or {})}),
-        "beat": manager.spawn("webhooks-beat", [venv_command("parley-webhooks-beat")], env),
         "relay": manager.spawn("webhooks-relay", [venv_command("parley-webhooks-relay")], env),
     }
+    if with_worker:
+        processes["worker"] = start_worker(manager, {**env, **(worker_env or {})})
+        processes["beat"] = manager.spawn("webhooks-beat", [venv_command("parley-webhooks-beat")], env)
     processes["relay"].wait_for_log("relay.connected")
     if notify_env is not None:
         processes["notify"] = start_notify(manager, {**env, **notify_env})

@@ -95,12 +95,13 @@ def fan_out(engine: Engine, event: Event) -> int:
             }
             for endpoint_id in endpoint_ids
         ]
-        result = conn.execute(
+        created = conn.scalars(
             pg_insert(Delivery)
             .values(rows)
             .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
-        )
-        return int(result.rowcount or 0)
+            .returning(Delivery.id)
+        ).all()
+        return len(created)
 
 
 def claim_due(engine: Engine, batch: int, lease: float) -> list[tuple[UUID, UUID, datetime]]:

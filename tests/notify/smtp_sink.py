@@ -1,7 +1,8 @@
 """An SMTP server for tests (aiosmtpd), run as its own process; every accepted message is one JSON line.
 
-Failure injection: ``--fail-first N`` answers 451 (try again later) to the first N messages, and any
-recipient starting with ``reject-`` gets 550 (mailbox unavailable). With ``--tls-cert``/``--tls-key`` it
+Failure injection: ``--fail-first N`` answers 451 (try again later) to the first N messages; a recipient
+starting with ``reject-`` gets 550 (mailbox unavailable); a message to ``tempfail<N>-…`` gets 451 for its
+first N tries (counted by Message-ID). With ``--tls-cert``/``--tls-key`` it
 offers STARTTLS, and with ``--auth USER:PASS`` it requires AUTH (after STARTTLS).
 """
 
@@ -11,6 +12,7 @@ import argparse
 import email
 import email.policy
 import json
+import re
 import signal
 import ssl
 import threading
@@ -20,11 +22,14 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+TEMPFAIL = re.compile(r"^tempfail(\d+)-")
+
 
 class Sink:
     def __init__(self, out: str, fail_first: int) -> None:
         self.out = open(out, "a", encoding="utf-8")  # noqa: SIM115 - open for the life of the process
         self.fail_remaining = fail_first
+        self.tries: dict[str, int] = {}
         self.lock = threading.Lock()
 
     async def handle_RCPT(
@@ -41,6 +46,13 @@ class Sink:
                 self.fail_remaining -= 1
                 return "451 4.3.0 try again later"
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        planned = [int(m.group(1)) for m in map(TEMPFAIL.match, envelope.rcpt_tos) if m]
+        if planned:
+            with self.lock:
+                key = str(message["Message-ID"])
+                self.tries[key] = self.tries.get(key, 0) + 1
+                if self.tries[key] <= max(planned):
+                    return "451 4.7.1 greylisted, try again later"
         record = {
             "message_id": message["Message-ID"],
             "to": list(envelope.rcpt_tos),

@@ -37,6 +37,12 @@ class SmtpSink:
             "PARLEY_SMTP_STARTTLS": "false",
         }
 
+    def by_message_id(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for message in self.messages():
+            counts[message["message_id"]] = counts.get(message["message_id"], 0) + 1
+        return counts
+
 
 def start_smtp_sink(manager: ProcessManager, *args: str, name: str = "smtp-sink") -> SmtpSink:
     port = free_port()

@@ -9,7 +9,6 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,8 +68,8 @@ def smtp(module_processes: ProcessManager) -> SmtpSink:
 @pytest.fixture(scope="module")
 def stack(
     module_processes: ProcessManager, isolated: Isolated, smtp: SmtpSink, tls: tuple[Path, Path, Path]
-) -> Iterator[Stack]:
-    yield start_stack(
+) -> Stack:
+    return start_stack(
         module_processes,
         isolated,
         {
@@ -131,7 +130,9 @@ class TestRetriesAndSignatures:
         events = [message_completed(user) for _ in range(200)]
         stack.publish(events)
 
-        rows = wait_for(lambda: settled(stack, endpoint["id"], 200), timeout=120, interval=0.5, what="200 settled")
+        rows = wait_for(
+            lambda: settled(stack, endpoint["id"], 200), timeout=120, interval=0.5, what="200 settled"
+        )
         assert {r["status"] for r in rows} == {"succeeded"}
         assert {r["attempt_count"] for r in rows} == {4}
 
@@ -153,7 +154,11 @@ class TestRetriesAndSignatures:
             assert len({r["body"] for r in received}) == 1
             for k in range(3):
                 gap = received[k + 1]["received_at"] - received[k]["received_at"]
-                assert SCHEDULE[k] * (1 - JITTER) <= gap <= SCHEDULE[k] * (1 + JITTER) + SLACK, (webhook_id, k, gap)
+                assert SCHEDULE[k] * (1 - JITTER) <= gap <= SCHEDULE[k] * (1 + JITTER) + SLACK, (
+                    webhook_id,
+                    k,
+                    gap,
+                )
 
         # The stored schedule is exact: each retry was planned within the jitter of its slot, measured
         # from the end of the attempt before it, and never started before it was due.
@@ -208,7 +213,9 @@ class TestAnswers:
         # Several deliveries fail at once, so several workers race to disable the endpoint.
         stack.publish([message_completed(user) for _ in range(4)])
 
-        wait_for(lambda: not endpoint_row(stack, endpoint["id"])["enabled"], timeout=40, what="endpoint disabled")
+        wait_for(
+            lambda: not endpoint_row(stack, endpoint["id"])["enabled"], timeout=40, what="endpoint disabled"
+        )
         row = endpoint_row(stack, endpoint["id"])
         assert row["disabled_reason"] == "failing"
         first_failure = min(
@@ -226,7 +233,9 @@ class TestAnswers:
         assert len(outbox) == 1
         expected_id = f"<{outbox[0]['event_id']}@parley.local>"
         mails = wait_for(
-            lambda: [m for m in smtp.to(str(welcome.email)) if m["subject"] == "A webhook endpoint was disabled"],
+            lambda: [
+                m for m in smtp.to(str(welcome.email)) if m["subject"] == "A webhook endpoint was disabled"
+            ],
             what="the disabled-endpoint email",
         )
         # Let everything that could still produce a second email run out, then count again.
@@ -300,7 +309,9 @@ class TestAnswers:
         stack.publish([message_completed(user)])
         [delivery] = wait_for(lambda: settled(stack, endpoint["id"], 1), what="delivery settled")
         assert delivery["status"] == "succeeded"
-        first, second = sorted(receiver.requests(f"/retry-after/{status}/{wait}/1/{tag}"), key=lambda r: r["received_at"])
+        first, second = sorted(
+            receiver.requests(f"/retry-after/{status}/{wait}/1/{tag}"), key=lambda r: r["received_at"]
+        )
         assert first["status"] == status
         # The schedule alone would have retried after about 0.5 s.
         assert second["received_at"] - first["received_at"] >= wait
@@ -363,9 +374,13 @@ class TestReplay:
             window = {"since": middle.isoformat(), "until": datetime.now(UTC).isoformat()}
             refused = client.post(f"/endpoints/{eid}/replay", json=window)
             assert refused.status_code == 409  # disabled again by the second 410
-            fixed = client.patch(f"/endpoints/{eid}", json={"enabled": True, "url": receiver.url(f"/ok/{tag}")})
+            fixed = client.patch(
+                f"/endpoints/{eid}", json={"enabled": True, "url": receiver.url(f"/ok/{tag}")}
+            )
             assert fixed.status_code == 200
-            bad = client.post(f"/endpoints/{eid}/replay", json={"since": window["until"], "until": window["since"]})
+            bad = client.post(
+                f"/endpoints/{eid}/replay", json={"since": window["until"], "until": window["since"]}
+            )
             assert bad.status_code == 422
             replayed = client.post(f"/endpoints/{eid}/replay", json=window)
             assert replayed.status_code == 202
@@ -395,9 +410,13 @@ class TestReplay:
                 a["status_code"] for a in detail["attempts"]
             ] == [200]
             listed = client.get("/deliveries", params={"endpoint_id": eid, "limit": 3}).json()
-            assert len(listed["data"]) == 3 and listed["has_more"] is True
-            rest = client.get("/deliveries", params={"endpoint_id": eid, "cursor": listed["next_cursor"]}).json()
-            assert len(rest["data"]) == 1 and rest["has_more"] is False
+            assert len(listed["data"]) == 3
+            assert listed["has_more"] is True
+            rest = client.get(
+                "/deliveries", params={"endpoint_id": eid, "cursor": listed["next_cursor"]}
+            ).json()
+            assert len(rest["data"]) == 1
+            assert rest["has_more"] is False
 
 
 class TestTls:
@@ -418,10 +437,14 @@ class TestTls:
     def test_certificate_is_checked_against_the_host_name(self, stack: Stack, tls_receiver: Receiver) -> None:
         user = uuid.uuid4()
         tag = uuid.uuid4().hex[:8]
-        wrong = new_endpoint(stack, user, tls_receiver.url(f"/ok/{tag}", host="wrong-name.test", scheme="https"))
+        wrong = new_endpoint(
+            stack, user, tls_receiver.url(f"/ok/{tag}", host="wrong-name.test", scheme="https")
+        )
         stack.publish([message_completed(user)])
         [delivery] = wait_for(
-            lambda: [d for d in deliveries(stack, wrong["id"]) if d["attempt_count"] >= 1 and d["last_error"]],
+            lambda: [
+                d for d in deliveries(stack, wrong["id"]) if d["attempt_count"] >= 1 and d["last_error"]
+            ],
             what="failed https attempt",
         )
         [attempt] = attempts(stack, delivery["id"])[:1]

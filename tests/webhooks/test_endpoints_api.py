@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -21,8 +20,8 @@ def receiver(module_processes: ProcessManager) -> Receiver:
 
 
 @pytest.fixture(scope="module")
-def stack(module_processes: ProcessManager, isolated: Isolated) -> Iterator[Stack]:
-    yield start_stack(
+def stack(module_processes: ProcessManager, isolated: Isolated) -> Stack:
+    return start_stack(
         module_processes,
         isolated,
         {
@@ -74,9 +73,11 @@ class TestCrud:
             body = patched.json()
             assert body["description"] == "new"
             assert body["event_types"] == ["plan.changed.v1", "quota.threshold_crossed.v1"]
-            assert body["enabled"] is False and body["disabled_reason"] == "manual"
+            assert body["enabled"] is False
+            assert body["disabled_reason"] == "manual"
             enabled = client.patch(f"/endpoints/{created['id']}", json={"enabled": True}).json()
-            assert enabled["enabled"] is True and enabled["disabled_reason"] is None
+            assert enabled["enabled"] is True
+            assert enabled["disabled_reason"] is None
             assert client.delete(f"/endpoints/{created['id']}").status_code == 204
             gone = client.get(f"/endpoints/{created['id']}")
             assert gone.status_code == 404
@@ -154,11 +155,13 @@ class TestSecretsAndTestEvents:
             rotated = client.post(f"/endpoints/{endpoint['id']}/secret/rotate")
             assert rotated.status_code == 200
             new = rotated.json()["secret"]
-            assert new != old and rotated.json()["previous_secret_expires_at"]
+            assert new != old
+            assert rotated.json()["previous_secret_expires_at"]
             client.post(f"/endpoints/{endpoint['id']}/test")
             second = wait_for(lambda: receiver.requests(f"/ok/rotate-{tag}")[1:], what="second test event")[0]
             signatures = second["headers"]["webhook-signature"].split(" ")
-            assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+            assert len(signatures) == 2
+            assert all(s.startswith("v1,") for s in signatures)
             Webhook(new).verify(second["body"], second["headers"])
             Webhook(old).verify(second["body"], second["headers"])
 

@@ -9,7 +9,6 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,8 +23,8 @@ SECRET = "whsec_test_billing_secret_0123456789"
 
 
 @pytest.fixture(scope="module")
-def stack(module_processes: ProcessManager, isolated: Isolated) -> Iterator[Stack]:
-    yield start_stack(
+def stack(module_processes: ProcessManager, isolated: Isolated) -> Stack:
+    return start_stack(
         module_processes,
         isolated,
         {
@@ -63,7 +62,9 @@ def subscription_event(
     }
 
 
-def signed(payload: dict[str, Any], *, secret: str = SECRET, at: int | None = None) -> tuple[bytes, dict[str, str]]:
+def signed(
+    payload: dict[str, Any], *, secret: str = SECRET, at: int | None = None
+) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(payload).encode()
     timestamp = at or int(time.time())
     signature = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -71,7 +72,9 @@ def signed(payload: dict[str, Any], *, secret: str = SECRET, at: int | None = No
 
 
 def post(stack: Stack, body: bytes, headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(stack.api_url + "/v1/webhooks/inbound/billing", content=body, headers=headers, timeout=10)
+    return httpx.post(
+        stack.api_url + "/v1/webhooks/inbound/billing", content=body, headers=headers, timeout=10
+    )
 
 
 def plan_events(stack: Stack, user_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -101,10 +104,12 @@ class TestValidEvents:
 
         # The relay puts exactly one plan.changed.v1 on the gateway's queue.
         wait_for(
-            lambda: stack.query(
-                "SELECT 1 FROM webhooks.outbox WHERE event_type = 'plan.changed.v1' AND published_at IS NULL"
-            )
-            == [],
+            lambda: (
+                stack.query(
+                    "SELECT 1 FROM webhooks.outbox WHERE event_type = 'plan.changed.v1' AND published_at IS NULL"
+                )
+                == []
+            ),
             what="outbox published",
         )
         messages = asyncio.run(rabbitmq.drain(stack.res.amqp_url, topology.GATEWAY.name))
@@ -116,10 +121,15 @@ class TestValidEvents:
     def test_cancellation_falls_back_and_older_events_lose(self, stack: Stack) -> None:
         user = uuid.uuid4()
         now = int(time.time())
-        assert post(stack, *signed(subscription_event(user, price="price_team", created=now - 100))).json()[
-            "outcome"
-        ] == "applied"
-        deleted = subscription_event(user, kind="customer.subscription.deleted", status="canceled", created=now)
+        assert (
+            post(stack, *signed(subscription_event(user, price="price_team", created=now - 100))).json()[
+                "outcome"
+            ]
+            == "applied"
+        )
+        deleted = subscription_event(
+            user, kind="customer.subscription.deleted", status="canceled", created=now
+        )
         assert post(stack, *signed(deleted)).json()["outcome"] == "applied"
         late = subscription_event(user, price="price_pro", created=now - 50)  # arrives after, happened before
         assert post(stack, *signed(late)).json()["outcome"] == "stale"
@@ -141,7 +151,9 @@ class TestValidEvents:
         payload = subscription_event(user, **payload_kwargs)
         assert post(stack, *signed(payload)).json()["outcome"] == outcome
         assert plan_events(stack, user) == []
-        [row] = stack.query("SELECT outcome FROM webhooks.inbound_events WHERE event_id = :e", e=payload["id"])
+        [row] = stack.query(
+            "SELECT outcome FROM webhooks.inbound_events WHERE event_id = :e", e=payload["id"]
+        )
         assert row["outcome"] == outcome
 
     def test_an_event_without_a_user_changes_nothing(self, stack: Stack) -> None:
@@ -150,7 +162,9 @@ class TestValidEvents:
 
 
 class TestRefused:
-    def refused(self, stack: Stack, body: bytes, headers: dict[str, str], code: str, status: int = 400) -> None:
+    def refused(
+        self, stack: Stack, body: bytes, headers: dict[str, str], code: str, status: int = 400
+    ) -> None:
         response = post(stack, body, headers)
         assert response.status_code == status, response.text
         assert response.headers["content-type"].startswith("application/problem+json")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from parley_common.testing.net import free_port
@@ -81,7 +80,9 @@ class TestPolicy:
         assert str(checked.address) == address
         assert checked.url.target == "/hook?x=1"
 
-    @pytest.mark.parametrize("host", ["2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001", "127.1", "localhost"])
+    @pytest.mark.parametrize(
+        "host", ["2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001", "127.1", "localhost"]
+    )
     def test_other_spellings_of_loopback_and_names_in_etc_hosts(self, host: str) -> None:
         with pytest.raises(UnsafeUrl, match="127.0.0.1"):
             UrlPolicy().check(f"https://{host}/hook")
@@ -182,7 +183,7 @@ def receiver(module_processes: ProcessManager, port: int) -> Receiver:
 
 
 @pytest.fixture(scope="module")
-def stack(module_processes: ProcessManager, isolated: Isolated, receiver: Receiver) -> Iterator[Stack]:
+def stack(module_processes: ProcessManager, isolated: Isolated, receiver: Receiver) -> Stack:
     settings = {
         "PARLEY_WEBHOOKS_ALLOW_HTTP": "true",
         "PARLEY_WEBHOOKS_TEST_ALLOW_CIDRS": "127.0.0.1/32",
@@ -193,7 +194,7 @@ def stack(module_processes: ProcessManager, isolated: Isolated, receiver: Receiv
         "PARLEY_WEBHOOKS_LEASE_SECONDS": "10",
         "PARLEY_WEBHOOKS_TEST_RESOLVER": json.dumps(API_RESOLVER),
     }
-    yield start_stack(
+    return start_stack(
         module_processes,
         isolated,
         settings,
@@ -229,7 +230,9 @@ class TestAtSendTime:
         urls = [f"http://rebind-{kind}.test:{port}/hook" for kind in ("loopback", "mapped", "mixed")]
         with stack.client(user) as client:
             for url in urls:
-                created = client.post("/endpoints", json={"url": url, "event_types": ["conversation.message_completed.v1"]})
+                created = client.post(
+                    "/endpoints", json={"url": url, "event_types": ["conversation.message_completed.v1"]}
+                )
                 assert created.status_code == 201, created.text
         # URLs a laxer policy might once have stored: the send-time check must stop them on its own.
         stored = [

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from parley_common.testing.processes import ProcessManager
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.webhooks.support import Isolated, Receiver, Stack, start_receiver, start_stack, wait_for
 
@@ -28,7 +29,7 @@ def stack(module_processes: ProcessManager, isolated: Isolated) -> Stack:
             "PARLEY_WEBHOOKS_ALLOW_HTTP": "true",
             "PARLEY_WEBHOOKS_TEST_ALLOW_CIDRS": "127.0.0.1/32",
             "PARLEY_WEBHOOKS_POLL_INTERVAL": "0.2",
-            "PARLEY_WEBHOOKS_SECRET_OVERLAP": "3600",
+            "PARLEY_WEBHOOKS_SECRET_OVERLAP": "4",
         },
     )
 
@@ -171,3 +172,24 @@ class TestSecretsAndTestEvents:
             assert [a["outcome"] for a in detail["attempts"]] == ["succeeded"]
             assert detail["attempts"][0]["status_code"] == 200
             assert detail["attempts"][0]["latency_ms"] is not None
+
+            # After the overlap only the new secret signs; rotating twice never leaves three active.
+            def one_signature() -> dict | None:
+                client.post(f"/endpoints/{endpoint['id']}/test")
+                latest = wait_for(lambda: receiver.requests(f"/ok/rotate-{tag}")[-1:], what="a test event")[0]
+                return latest if latest["headers"]["webhook-signature"].count("v1,") == 1 else None
+
+            third = wait_for(one_signature, timeout=20, interval=1, what="the old secret to expire")
+            Webhook(new).verify(third["body"], third["headers"])
+            with pytest.raises(WebhookVerificationError):
+                Webhook(old).verify(third["body"], third["headers"])
+            newer = client.post(f"/endpoints/{endpoint['id']}/secret/rotate").json()["secret"]
+            newest = client.post(f"/endpoints/{endpoint['id']}/secret/rotate").json()["secret"]
+            before = len(receiver.requests(f"/ok/rotate-{tag}"))
+            client.post(f"/endpoints/{endpoint['id']}/test")
+            last = wait_for(lambda: receiver.requests(f"/ok/rotate-{tag}")[before:], what="a test event")[0]
+            assert last["headers"]["webhook-signature"].count("v1,") == 2
+            Webhook(newest).verify(last["body"], last["headers"])
+            Webhook(newer).verify(last["body"], last["headers"])
+            with pytest.raises(WebhookVerificationError):
+                Webhook(new).verify(last["body"], last["headers"])

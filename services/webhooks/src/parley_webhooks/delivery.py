@@ -279,7 +279,9 @@ def _finish(
             select(Delivery.status, Delivery.dispatch_token, Delivery.round_attempts)
             .where(Delivery.id == delivery_id)
             .with_for_update()
-        ).one()
+        ).first()
+        if delivery is None:
+            return "gone"  # the endpoint was deleted while the request was out
         common: dict[str, Any] = {"last_status_code": result.status_code, "last_error": error}
         if result.succeeded:
             conn.execute(

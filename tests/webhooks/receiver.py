@@ -31,6 +31,13 @@ CANARIES: dict[str, int] = {}
 CANARY_URL = ""
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog (5) overflows when a worker's threads all connect at once: the dropped SYNs
+    # would show up as connect timeouts that have nothing to do with the code under test.
+    request_queue_size = 256
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -150,8 +157,7 @@ def main() -> None:
         threading.Thread(target=canary, args=(address,), daemon=True).start()
     if args.canary:
         CANARY_URL = f"http://{args.canary[0]}/"
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    server.daemon_threads = True
+    server = Server((args.host, args.port), Handler)
     if args.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.tls_cert, args.tls_key)
@@ -162,8 +168,7 @@ def main() -> None:
         context.sni_callback = remember_sni  # type: ignore[assignment]
         server.socket = context.wrap_socket(server.socket, server_side=True)
     if args.control_port:
-        control = ThreadingHTTPServer((args.host, args.control_port), Handler)
-        control.daemon_threads = True
+        control = Server((args.host, args.control_port), Handler)
         threading.Thread(target=control.serve_forever, daemon=True).start()
     deadline = time.monotonic() + 5
     while args.canary and time.monotonic() < deadline:

@@ -179,8 +179,10 @@ def start_stack(
         "relay": manager.spawn("webhooks-relay", [venv_command("parley-webhooks-relay")], env),
     }
     if with_worker:
-        processes["worker"] = start_worker(manager, {**env, **(worker_env or {})})
+        # Beat first, so it is stopped last: an idle Celery worker notices SIGTERM only at its next
+        # wake-up (seconds), while one receiving beat's polls stops at once.
         processes["beat"] = manager.spawn("webhooks-beat", [venv_command("parley-webhooks-beat")], env)
+        processes["worker"] = start_worker(manager, {**env, **(worker_env or {})})
     processes["relay"].wait_for_log("relay.connected")
     if notify_env is not None:
         processes["notify"] = start_notify(manager, {**env, **notify_env})
@@ -325,3 +327,36 @@ def make_tls_files(directory: Path, hostnames: Iterable[str]) -> tuple[Path, Pat
         )
     )
     return ca_path, cert_path, key_path
+
+
+# --- reading the delivery state of one endpoint -------------------------------------------------------
+
+
+def new_endpoint(stack: Stack, user_id: uuid.UUID, url: str, types: list[str] | None = None) -> dict:
+    with stack.client(user_id) as client:
+        response = client.post(
+            "/endpoints", json={"url": url, "event_types": types or ["conversation.message_completed.v1"]}
+        )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def deliveries(stack: Stack, endpoint_id: str) -> list[dict]:
+    return stack.query(
+        "SELECT * FROM webhooks.deliveries WHERE endpoint_id = :e ORDER BY created_at", e=endpoint_id
+    )
+
+
+def attempts(stack: Stack, delivery_id: object) -> list[dict]:
+    return stack.query(
+        "SELECT * FROM webhooks.attempts WHERE delivery_id = :d ORDER BY number, id", d=delivery_id
+    )
+
+
+def endpoint_row(stack: Stack, endpoint_id: str) -> dict:
+    return stack.query("SELECT * FROM webhooks.endpoints WHERE id = :e", e=endpoint_id)[0]
+
+
+def settled(stack: Stack, endpoint_id: str, count: int) -> list[dict]:
+    rows = deliveries(stack, endpoint_id)
+    return rows if len(rows) == count and all(r["status"] != "pending" for r in rows) else []

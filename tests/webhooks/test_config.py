@@ -32,7 +32,9 @@ def test_production_webhooks_settings_load_when_complete(monkeypatch: pytest.Mon
         ("PARLEY_WEBHOOKS_TEST_RESOLVER", '{"a.test": ["127.0.0.1"]}'),
     ],
 )
-def test_test_only_settings_are_refused_in_production(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+def test_test_only_settings_are_refused_in_production(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
     for key, val in PROD.items():
         monkeypatch.setenv(key, val)
     monkeypatch.setenv(name, value)

@@ -18,13 +18,17 @@ from parley_common.testing.net import free_port
 from parley_common.testing.processes import ProcessManager
 from standardwebhooks import Webhook
 
-from tests.notify.support import SmtpSink, start_smtp_sink
-from tests.webhooks.events import message_completed, plan_changed, quota_crossed, registered
+from tests.webhooks.events import message_completed, plan_changed, quota_crossed
 from tests.webhooks.support import (
     Isolated,
     Receiver,
     Stack,
+    attempts,
+    deliveries,
+    endpoint_row,
     make_tls_files,
+    new_endpoint,
+    settled,
     start_receiver,
     start_stack,
     wait_for,
@@ -32,12 +36,12 @@ from tests.webhooks.support import (
 
 SCHEDULE = [0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0]
 JITTER = 0.2
-DISABLE_AFTER = 8.0
-TIMEOUT = 1.0
+DISABLE_AFTER = 600.0  # test_disable.py compresses this one; here no endpoint should reach it
+TIMEOUT = 3.0  # generous: a loaded 2-core machine can take a second to answer even a fast receiver
 CAP = 65536
 # Receiver-observed gaps may exceed the scheduled delay by the poll interval plus queueing behind the
 # other deliveries on this shared 2-core machine; they may never be shorter.
-SLACK = 6.0
+SLACK = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +65,7 @@ def tls_receiver(module_processes: ProcessManager, tls: tuple[Path, Path, Path])
 
 
 @pytest.fixture(scope="module")
-def smtp(module_processes: ProcessManager) -> SmtpSink:
-    return start_smtp_sink(module_processes)
-
-
-@pytest.fixture(scope="module")
-def stack(
-    module_processes: ProcessManager, isolated: Isolated, smtp: SmtpSink, tls: tuple[Path, Path, Path]
-) -> Stack:
+def stack(module_processes: ProcessManager, isolated: Isolated, tls: tuple[Path, Path, Path]) -> Stack:
     return start_stack(
         module_processes,
         isolated,
@@ -77,7 +74,7 @@ def stack(
             "PARLEY_WEBHOOKS_RETRY_JITTER": str(JITTER),
             "PARLEY_WEBHOOKS_DISABLE_AFTER": str(DISABLE_AFTER),
             "PARLEY_WEBHOOKS_TIMEOUT": str(TIMEOUT),
-            "PARLEY_WEBHOOKS_CONNECT_TIMEOUT": "1",
+            "PARLEY_WEBHOOKS_CONNECT_TIMEOUT": "2",
             "PARLEY_WEBHOOKS_LEASE_SECONDS": "10",
             "PARLEY_WEBHOOKS_POLL_INTERVAL": "0.2",
             "PARLEY_WEBHOOKS_RESPONSE_CAP_BYTES": str(CAP),
@@ -88,38 +85,7 @@ def stack(
             ),
             "PARLEY_WEBHOOKS_TLS_CA_FILE": str(tls[0]),
         },
-        notify_env={**smtp.env(), "PARLEY_SMTP_RETRY_DELAYS": "0.2,0.5"},
     )
-
-
-def new_endpoint(stack: Stack, user_id: uuid.UUID, url: str, types: list[str] | None = None) -> dict:
-    with stack.client(user_id) as client:
-        response = client.post(
-            "/endpoints", json={"url": url, "event_types": types or ["conversation.message_completed.v1"]}
-        )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def deliveries(stack: Stack, endpoint_id: str) -> list[dict]:
-    return stack.query(
-        "SELECT * FROM webhooks.deliveries WHERE endpoint_id = :e ORDER BY created_at", e=endpoint_id
-    )
-
-
-def attempts(stack: Stack, delivery_id: object) -> list[dict]:
-    return stack.query(
-        "SELECT * FROM webhooks.attempts WHERE delivery_id = :d ORDER BY number, id", d=delivery_id
-    )
-
-
-def endpoint_row(stack: Stack, endpoint_id: str) -> dict:
-    return stack.query("SELECT * FROM webhooks.endpoints WHERE id = :e", e=endpoint_id)[0]
-
-
-def settled(stack: Stack, endpoint_id: str, count: int) -> list[dict]:
-    rows = deliveries(stack, endpoint_id)
-    return rows if len(rows) == count and all(r["status"] != "pending" for r in rows) else []
 
 
 class TestRetriesAndSignatures:
@@ -201,53 +167,6 @@ class TestAnswers:
         assert len(deliveries(stack, endpoint["id"])) == 1
         assert len(receiver.requests(f"/status/410/{tag}")) == 1
 
-    def test_permanent_500_disables_after_the_period_and_emails_the_owner_once(
-        self, stack: Stack, receiver: Receiver, smtp: SmtpSink
-    ) -> None:
-        user = uuid.uuid4()
-        welcome = registered(user)
-        stack.publish([welcome])
-        wait_for(lambda: smtp.to(str(welcome.email)), what="welcome email (recipient known to notify)")
-        tag = uuid.uuid4().hex[:8]
-        endpoint = new_endpoint(stack, user, receiver.url(f"/status/500/{tag}"))
-        # Several deliveries fail at once, so several workers race to disable the endpoint.
-        stack.publish([message_completed(user) for _ in range(4)])
-
-        wait_for(
-            lambda: not endpoint_row(stack, endpoint["id"])["enabled"], timeout=40, what="endpoint disabled"
-        )
-        row = endpoint_row(stack, endpoint["id"])
-        assert row["disabled_reason"] == "failing"
-        first_failure = min(
-            a["finished_at"] for d in deliveries(stack, endpoint["id"]) for a in attempts(stack, d["id"])
-        )
-        assert (row["disabled_at"] - first_failure).total_seconds() >= DISABLE_AFTER - 0.5
-        rows = wait_for(lambda: settled(stack, endpoint["id"], 4), what="deliveries settled")
-        assert {r["status"] for r in rows} == {"failed"}
-
-        outbox = stack.query(
-            "SELECT event_id, published_at FROM webhooks.outbox "
-            "WHERE event_type = 'webhooks.endpoint_disabled.v1' AND payload->>'endpoint_id' = :e",
-            e=endpoint["id"],
-        )
-        assert len(outbox) == 1
-        expected_id = f"<{outbox[0]['event_id']}@parley.local>"
-        mails = wait_for(
-            lambda: [
-                m for m in smtp.to(str(welcome.email)) if m["subject"] == "A webhook endpoint was disabled"
-            ],
-            what="the disabled-endpoint email",
-        )
-        # Let everything that could still produce a second email run out, then count again.
-        wait_for(
-            lambda: stack.query("SELECT 1 FROM webhooks.outbox WHERE published_at IS NULL") == [],
-            what="outbox drained",
-        )
-        time.sleep(2)
-        mails = [m for m in smtp.to(str(welcome.email)) if m["subject"] == "A webhook endpoint was disabled"]
-        assert [m["message_id"] for m in mails] == [expected_id]
-        assert endpoint["url"] in mails[0]["raw"]
-
     def test_302_is_a_failure_and_the_redirect_target_sees_no_connection(
         self, stack: Stack, receiver: Receiver
     ) -> None:
@@ -271,14 +190,14 @@ class TestAnswers:
     def test_slow_receiver_times_out_and_is_retried(self, stack: Stack, receiver: Receiver) -> None:
         user = uuid.uuid4()
         tag = uuid.uuid4().hex[:8]
-        endpoint = new_endpoint(stack, user, receiver.url(f"/slow/4/1/{tag}"))
+        endpoint = new_endpoint(stack, user, receiver.url(f"/slow/6/1/{tag}"))
         stack.publish([message_completed(user)])
         [delivery] = wait_for(lambda: settled(stack, endpoint["id"], 1), what="delivery settled")
         assert delivery["status"] == "succeeded"
         tries = attempts(stack, delivery["id"])
         assert [a["outcome"] for a in tries] == ["timeout", "succeeded"]
-        assert TIMEOUT * 1000 * 0.9 <= tries[0]["latency_ms"] < 4000
-        received = receiver.requests(f"/slow/4/1/{tag}")
+        assert TIMEOUT * 1000 * 0.9 <= tries[0]["latency_ms"] < 6000
+        received = receiver.requests(f"/slow/6/1/{tag}")
         assert len(received) == 2
         assert received[0]["headers"]["webhook-id"] == received[1]["headers"]["webhook-id"]
 
@@ -402,13 +321,15 @@ class TestReplay:
             assert again.status_code in (202, 409)
             wait_for(lambda: len(receiver.requests(f"/ok/{tag}")) >= 3, what="the single replay")
             assert receiver.requests(f"/ok/{tag}")[2]["headers"]["webhook-id"] == one["webhook_id"]
-            detail = wait_for(
-                lambda: (d := client.get(f"/deliveries/{one['id']}").json())["status"] == "succeeded" and d,
-                what="replayed delivery succeeded",
-            )
-            assert [a["status_code"] for a in detail["attempts"]] == [410, 200] or [
-                a["status_code"] for a in detail["attempts"]
-            ] == [200]
+
+            def replayed_and_settled() -> dict | None:
+                detail = client.get(f"/deliveries/{one['id']}").json()
+                finished = all(a["finished_at"] for a in detail["attempts"])
+                return detail if detail["status"] == "succeeded" and finished else None
+
+            detail = wait_for(replayed_and_settled, what="replayed delivery succeeded")
+            # Its first try either got the 410 or never started (failed by the disable); then the replay.
+            assert [a["status_code"] for a in detail["attempts"]] in ([410, 200], [200])
             listed = client.get("/deliveries", params={"endpoint_id": eid, "limit": 3}).json()
             assert len(listed["data"]) == 3
             assert listed["has_more"] is True

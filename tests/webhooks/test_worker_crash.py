@@ -31,9 +31,9 @@ def stack(module_processes: ProcessManager, isolated: Isolated) -> Stack:
             "PARLEY_WEBHOOKS_TEST_ALLOW_CIDRS": "127.0.0.1/32",
             "PARLEY_WEBHOOKS_RETRY_SCHEDULE": "1,1,1",
             "PARLEY_WEBHOOKS_POLL_INTERVAL": "0.2",
-            "PARLEY_WEBHOOKS_TIMEOUT": "8",
+            "PARLEY_WEBHOOKS_TIMEOUT": "4",
             "PARLEY_WEBHOOKS_CONNECT_TIMEOUT": "1",
-            "PARLEY_WEBHOOKS_LEASE_SECONDS": "10",
+            "PARLEY_WEBHOOKS_LEASE_SECONDS": "6",
         },
     )
 
@@ -43,7 +43,7 @@ def test_kill_9_mid_request_still_delivers_with_at_most_one_extra_attempt(
 ) -> None:
     user = uuid.uuid4()
     tag = uuid.uuid4().hex[:8]
-    path = f"/slow/6/1/{tag}"  # the first request of each event hangs for 6 s
+    path = f"/slow/5/1/{tag}"  # the first request of each event hangs for 5 s
     with stack.client(user) as client:
         endpoint = client.post(
             "/endpoints",

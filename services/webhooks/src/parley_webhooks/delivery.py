@@ -197,7 +197,13 @@ def _start(
             return "endpoint_disabled"
         conn.execute(
             update(Attempt)
-            .where(Attempt.delivery_id == delivery_id, Attempt.finished_at.is_(None))
+            .where(
+                Attempt.delivery_id == delivery_id,
+                Attempt.finished_at.is_(None),
+                # Older than a lease: its worker is gone. A younger one is still out (the delivery was
+                # failed by a disable and replayed meanwhile) and will record its own result.
+                Attempt.started_at <= func.now() - timedelta(seconds=lease),
+            )
             .values(
                 outcome="interrupted", finished_at=func.now(), error="the worker stopped during this attempt"
             )
@@ -283,6 +289,8 @@ def _finish(
         if delivery is None:
             return "gone"  # the endpoint was deleted while the request was out
         common: dict[str, Any] = {"last_status_code": result.status_code, "last_error": error}
+        # An answer from a URL the owner has since replaced says nothing about the endpoint as it is now.
+        same_url = conn.scalar(select(Endpoint.url).where(Endpoint.id == claimed.endpoint_id)) == claimed.url
         if result.succeeded:
             conn.execute(
                 update(Delivery)
@@ -296,15 +304,16 @@ def _finish(
                     **common,
                 )
             )
-            conn.execute(
-                update(Endpoint)
-                .where(Endpoint.id == claimed.endpoint_id)
-                .values(failing_since=None, last_success_at=func.now())
-            )
+            if same_url:
+                conn.execute(
+                    update(Endpoint)
+                    .where(Endpoint.id == claimed.endpoint_id)
+                    .values(failing_since=None, last_success_at=func.now())
+                )
             return "succeeded"
 
         still_ours = delivery.status == "pending" and delivery.dispatch_token == claimed.token
-        if result.status_code == 410:
+        if result.status_code == 410 and same_url:
             conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**common))
             _disable(conn, claimed.endpoint_id, "gone", policy.region)
             return "endpoint_gone"
@@ -333,6 +342,8 @@ def _finish(
                     )
                 )
                 outcome = f"retry_in_{delay:.1f}s"
+        if not same_url:
+            return outcome
         endpoint = conn.execute(
             update(Endpoint)
             .where(Endpoint.id == claimed.endpoint_id)

@@ -1,31 +1,5 @@
-"""Fixtures for the webhooks tests: each module gets its own database, vhost and processes."""
+"""Each test module gets its own database, vhost and processes (see tests/webhooks/fixtures.py)."""
 
-from __future__ import annotations
+from tests.webhooks.fixtures import isolated, module_processes
 
-from collections.abc import Iterator
-
-import pytest
-from parley_common.testing.processes import ProcessManager
-from parley_common.testing.services import TestServices
-
-from tests.webhooks.support import Isolated, isolated_resources
-
-
-@pytest.fixture(scope="module")
-def isolated(parley_services: TestServices) -> Iterator[Isolated]:
-    with isolated_resources(parley_services) as res:
-        yield res
-
-
-@pytest.fixture(scope="module")
-def module_processes(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, isolated: Isolated
-) -> Iterator[ProcessManager]:
-    """Processes of one module; set up after (so stopped before) its database and vhost."""
-    manager = ProcessManager(tmp_path_factory.mktemp("processes"))
-    yield manager
-    if request.session.testsfailed:
-        for process in manager.processes:
-            tail = "\n".join(line[:400] for line in process.tail(12).splitlines())
-            print(f"\n--- {process.name} (last lines) ---\n{tail}")  # noqa: T201
-    manager.stop_all()
+__all__ = ["isolated", "module_processes"]

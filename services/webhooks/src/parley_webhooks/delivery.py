@@ -29,6 +29,7 @@ from parley_common.events import EndpointDisabledV1, Event
 from parley_common.logs import get_logger
 from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import OperationalError
 
 from parley_webhooks import signing
 from parley_webhooks.models import Attempt, Delivery, Endpoint, EndpointSecret, OutboxMessage
@@ -37,6 +38,7 @@ from parley_webhooks.sender import AttemptResult, Sender
 log = get_logger(__name__)
 
 TEST_EVENT_TYPE = "webhooks.test.v1"
+FINISH_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,15 @@ def attempt(
     timestamp = int(time.time())
     headers = signing.headers(claimed.secrets, claimed.webhook_id, timestamp, claimed.body)
     result = sender.send(claimed.url, headers, claimed.body.encode())
-    outcome = _finish(engine, policy, delivery_id, claimed, result)
+    for tries in range(1, FINISH_TRIES + 1):
+        try:
+            outcome = _finish(engine, policy, delivery_id, claimed, result)
+            break
+        except OperationalError:
+            # Deadlock victim or a dropped connection: the answer is in hand, record it again.
+            if tries == FINISH_TRIES:
+                raise
+            time.sleep(0.05 * tries)
     log.info(
         "webhook.attempted",
         delivery_id=str(delivery_id),
@@ -193,7 +203,19 @@ def _start(
         if delivery.status != "pending" or delivery.dispatch_token != token:
             return "stale"
         if not delivery.enabled:
-            _fail_pending(conn, delivery.endpoint_id, "the endpoint is disabled")
+            # Only this row (already locked): failing the endpoint's other rows here could deadlock with
+            # a finishing attempt that holds the endpoint and wants this row.
+            conn.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id)
+                .values(
+                    status="failed",
+                    finished_at=func.now(),
+                    next_attempt_at=None,
+                    dispatch_token=None,
+                    last_error="the endpoint is disabled",
+                )
+            )
             return "endpoint_disabled"
         conn.execute(
             update(Attempt)
@@ -266,6 +288,12 @@ def _finish(
     if result.outcome == "failed" and error is None:
         error = f"HTTP {result.status_code}"
     with engine.begin() as conn:
+        # Lock order: endpoint, then delivery rows (as _disable needs them), never the other way round.
+        # An answer from a URL the owner has since replaced says nothing about the endpoint as it is now.
+        same_url = (
+            conn.scalar(select(Endpoint.url).where(Endpoint.id == claimed.endpoint_id).with_for_update())
+            == claimed.url
+        )
         conn.execute(
             update(Attempt)
             .where(Attempt.id == claimed.attempt_id)
@@ -289,8 +317,6 @@ def _finish(
         if delivery is None:
             return "gone"  # the endpoint was deleted while the request was out
         common: dict[str, Any] = {"last_status_code": result.status_code, "last_error": error}
-        # An answer from a URL the owner has since replaced says nothing about the endpoint as it is now.
-        same_url = conn.scalar(select(Endpoint.url).where(Endpoint.id == claimed.endpoint_id)) == claimed.url
         if result.succeeded:
             conn.execute(
                 update(Delivery)

@@ -34,7 +34,10 @@ def _round(ctx: BenchContext, manager: ProcessManager, receiver: Receiver, threa
     with stack.client(user) as client:
         endpoint = client.post(
             "/endpoints",
-            json={"url": receiver.url(f"/ok/{uuid.uuid4().hex}"), "event_types": ["conversation.message_completed.v1"]},
+            json={
+                "url": receiver.url(f"/ok/{uuid.uuid4().hex}"),
+                "event_types": ["conversation.message_completed.v1"],
+            },
         ).json()
     events = [message_completed(user) for _ in range(N)]
     started = time.perf_counter()
@@ -53,7 +56,13 @@ def _round(ctx: BenchContext, manager: ProcessManager, receiver: Receiver, threa
     elapsed = time.perf_counter() - started
     for process in stack.processes.values():
         process.stop()
-    return {"threads": threads, "events": N, "delivered": done, "seconds": round(elapsed, 2), "per_s": round(done / elapsed)}
+    return {
+        "threads": threads,
+        "events": N,
+        "delivered": done,
+        "seconds": round(elapsed, 2),
+        "per_s": round(done / elapsed),
+    }
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:

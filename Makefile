@@ -52,7 +52,7 @@ lint: install ## ruff, format check, mypy, import contracts
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen lint-imports
-	$(UV) run --frozen mypy libs/common/src services/gateway/src services/chat/src services/usage/src tools/fake_provider/src
+	$(UV) run --frozen mypy libs/common/src services/gateway/src services/chat/src services/usage/src services/notify/src services/webhooks/src tools/fake_provider/src
 
 .PHONY: format
 format: install ## Format and autofix

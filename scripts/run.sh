@@ -16,6 +16,11 @@ if [ -z "${PARLEY_JWT_PRIVATE_KEYS:-}" ]; then
   export PARLEY_JWT_PRIVATE_KEYS
 fi
 export PARLEY_LOG_FORMAT="${PARLEY_LOG_FORMAT:-console}"
+# No SMTP server configured: notify writes each email to .run/mail/<event id>.eml instead.
+if [ -z "${PARLEY_SMTP_HOST:-}" ]; then
+  export PARLEY_MAIL_OUTBOX_DIR="${PARLEY_MAIL_OUTBOX_DIR:-$PWD/.run/mail}"
+  echo "[run] no SMTP server configured (PARLEY_SMTP_HOST): emails are written to $PARLEY_MAIL_OUTBOX_DIR"
+fi
 
 python scripts/dev_setup.py
 
@@ -31,6 +36,11 @@ gateway: parley-gateway-api
 chat: parley-chat-api
 chat-relay: parley-chat-relay
 usage-worker: parley-usage-worker
+webhooks-api: parley-webhooks-api
+webhooks-worker: parley-webhooks-worker
+webhooks-beat: parley-webhooks-beat
+webhooks-relay: parley-webhooks-relay
+notify-worker: parley-notify-worker
 ready: python scripts/banner.py
 PROCS
 

@@ -1,1 +1,1 @@
-"""Parley's notify service: email for Parley events (consumer arrives with the notifications work)."""
+"""Parley's notify service: email for Parley events (welcome, quota thresholds, plan changes, disabled webhooks)."""

@@ -1,1 +1,1 @@
-"""Parley's webhooks service: signed outbound webhooks (arrives with the webhooks work)."""
+"""Parley's webhooks service: signed outbound deliveries with retries, and inbound provider webhooks."""

@@ -56,7 +56,12 @@ NOTIFY = ConsumerQueue(
 )
 WEBHOOKS = ConsumerQueue(
     "webhooks.events",
-    ("conversation.message_completed.v1", "quota.threshold_crossed.v1", "plan.changed.v1"),
+    (
+        "conversation.message_completed.v1",
+        "quota.threshold_crossed.v1",
+        "plan.changed.v1",
+        "webhooks.endpoint_disabled.v1",
+    ),
 )
 GATEWAY = ConsumerQueue("gateway.events", ("plan.changed.v1",))
 

@@ -1,0 +1,42 @@
+"""The webhooks API (``parley-webhooks-api``): endpoints, deliveries, inbound provider webhooks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from parley_common.api import create_service_app
+from parley_common.auth.internal import InternalTokenVerifier
+from parley_common.auth.jwks import KeySet
+from parley_common.db.engine import async_engines, async_session_factory, ping
+from parley_common.process import init_process
+
+from parley_webhooks.config import Settings, get_settings
+from parley_webhooks.routes import deliveries, endpoints, inbound
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    init_process("webhooks", "api", settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine, _reader = async_engines(settings, "webhooks.api")
+        app.state.sessionmaker = async_session_factory(engine)
+        app.state.readiness_checks = {"database": lambda: ping(engine)}
+        yield
+        await engine.dispose()
+
+    app = create_service_app(service="webhooks", lifespan=lifespan)
+    app.state.settings = settings
+    keys = (
+        KeySet(url=settings.internal_jwks_url, document=settings.internal_jwks)
+        if settings.internal_jwks
+        else KeySet(url=settings.internal_jwks_url)
+    )
+    app.state.internal_verifier = InternalTokenVerifier(keys)
+    app.include_router(endpoints.router)
+    app.include_router(deliveries.router)
+    app.include_router(inbound.router)
+    return app

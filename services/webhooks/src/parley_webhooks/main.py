@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from parley_webhooks.config import get_settings
 
@@ -28,20 +27,13 @@ def worker() -> None:
 
 def beat() -> None:
     """Sends ``webhooks.dispatch_due`` every poll interval. Run one; a second one only polls more often."""
-    from celery import signals
-    from parley_common.process import init_process
+    from parley_common.messaging.beat import run_beat
 
     from parley_webhooks.worker import app, settings
 
-    init_process("webhooks", "beat", settings)
-
-    @signals.setup_logging.connect(weak=False)  # type: ignore[untyped-decorator]
-    def _keep_our_logging(**_: Any) -> None:
-        """Connected so Celery does not install its own handlers over ours."""
-
     # One "Sending due task" line per poll says nothing; errors still show.
     logging.getLogger("celery.beat").setLevel(logging.WARNING)
-    app.Beat(loglevel=settings.log_level, quiet=True, redirect_stdouts=False).run()
+    run_beat(app, settings)
 
 
 def relay() -> None:

@@ -15,8 +15,6 @@ missing=()
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
-# PgBouncer is not a running service here: the tests start private instances to prove transaction pooling.
-command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]}"

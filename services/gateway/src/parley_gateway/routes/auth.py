@@ -35,7 +35,7 @@ class Credentials(BaseModel):
 class RefreshRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    refresh_token: str = Field(min_length=1, max_length=200)
+    refresh_token: str = Field(min_length=1, max_length=2048)
 
 
 class UserOut(BaseModel):

@@ -17,11 +17,11 @@ from uuid import UUID
 
 from parley_common.errors import Problem
 from parley_common.events import PlanChangedV1, UserRegisteredV1
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley_gateway.models import ApiKey, OutboxMessage, Plan, RefreshToken, User
+from parley_gateway.models import ApiKey, OutboxMessage, Plan, PlanCatalog, RefreshToken, User
 from parley_gateway.plans import PlanFields
 from parley_gateway.tokens import ExternalToken
 
@@ -251,7 +251,14 @@ async def get_plan(session: AsyncSession, name: str) -> Plan:
 
 
 async def _next_plan_revision(session: AsyncSession) -> int:
-    return int((await session.execute(text("SELECT nextval('gateway.plan_revisions')"))).scalar_one())
+    # The row lock also serialises concurrent plan changes, so revisions commit in order.
+    revision = await session.execute(
+        update(PlanCatalog)
+        .where(PlanCatalog.id == 1)
+        .values(revision=PlanCatalog.revision + 1)
+        .returning(PlanCatalog.revision)
+    )
+    return int(revision.scalar_one())
 
 
 async def create_plan(session: AsyncSession, name: str, fields: PlanFields) -> tuple[Plan, int]:
@@ -295,7 +302,7 @@ async def update_plan(session: AsyncSession, name: str, fields: PlanFields) -> t
 DEFAULT_PLAN_NAMES = frozenset({"free", "pro", "enterprise"})
 
 
-async def delete_plan(session: AsyncSession, name: str) -> None:
+async def delete_plan(session: AsyncSession, name: str) -> int:
     plan = await get_plan(session, name)
     if name in DEFAULT_PLAN_NAMES:
         raise Problem(409, "plan_in_use", "The default plans cannot be deleted.")
@@ -303,6 +310,7 @@ async def delete_plan(session: AsyncSession, name: str) -> None:
     if members:
         raise Problem(409, "plan_in_use", f"{members} accounts are on this plan; move them first.")
     await session.delete(plan)
+    return await _next_plan_revision(session)
 
 
 async def get_user(session: AsyncSession, user_id: UUID) -> User:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from parley_gateway.config import Settings
 from parley_gateway.limits.keys import UserKeys
 from parley_gateway.limits.limiter import Limiter, StaleIdentity
-from parley_gateway.models import ApiKey, Plan, User
+from parley_gateway.models import ApiKey, Plan, PlanCatalog, User
 from parley_gateway.plans import EffectivePlan
 from parley_gateway.tokens import ExternalToken, TokenService
 
@@ -85,10 +85,12 @@ class Directory:
     # -- plans -----------------------------------------------------------------------------------------
 
     async def load_plans(self) -> None:
+        # One statement, so the plans and the catalogue revision come from the same snapshot.
+        catalog = select(PlanCatalog.revision).where(PlanCatalog.id == 1).scalar_subquery()
         async with self.sessionmaker() as session:
-            rows = (await session.execute(select(Plan))).scalars().all()
-        self.plans = {row.name: EffectivePlan.from_row(row) for row in rows}
-        self.plans_revision = max((row.revision for row in rows), default=0)
+            rows = (await session.execute(select(Plan, catalog))).all()
+        self.plans = {plan.name: EffectivePlan.from_row(plan) for plan, _ in rows}
+        self.plans_revision = int(rows[0][1]) if rows else 0
         self._plans_expire = time.monotonic() + self.ttl
         self._accounts.clear()  # their effective plans were built from the old ones
 

@@ -48,7 +48,18 @@ class Plan(TimestampMixin, Model):
     # Reserved for a request that sets no max_tokens (the reservation must bound the reply).
     max_output_tokens: Mapped[int] = mapped_column(Integer, default=4096)
     cache: Mapped[str] = mapped_column(String(20), default="off")
-    # nextval(plan_revisions) on every change; replicas compare the highest one with Redis's copy.
+    # The catalogue's revision when this plan last changed (see PlanCatalog).
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class PlanCatalog(Model):
+    """One row: the revision of the whole set of plans, raised by every change to any plan (deletions
+    included), in the same transaction. Replicas compare their copy with the one published to Redis."""
+
+    __tablename__ = "plan_catalog"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
 
 

@@ -131,8 +131,8 @@ async def update_plan(name: str, body: PlanFields, request: Request) -> Any:
 async def delete_plan(name: str, request: Request) -> Response:
     gw = _gw(request)
     async with gw.sessionmaker.begin() as session:
-        await accounts.delete_plan(session, name)
-    await gw.directory.load_plans()
+        revision = await accounts.delete_plan(session, name)
+    await _after_plan_change(gw, revision)
     return Response(status_code=204)
 
 

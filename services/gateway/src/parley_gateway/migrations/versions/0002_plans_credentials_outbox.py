@@ -92,7 +92,15 @@ def upgrade() -> None:
     )
     op.add_column("users", sa.Column("plan_changed_at", sa.DateTime(timezone=True)), schema=S)
     op.add_column("users", sa.Column("revision", sa.BigInteger(), nullable=False, server_default="0"), schema=S)
-    op.execute(f"CREATE SEQUENCE {S}.plan_revisions")
+    catalog = op.create_table(
+        "plan_catalog",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("revision", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.PrimaryKeyConstraint("id", name="pk_plan_catalog"),
+        sa.CheckConstraint("id = 1", name="ck_plan_catalog_single_row"),
+        schema=S,
+    )
+    op.bulk_insert(catalog, [{"id": 1, "revision": 0}])
     op.add_column("users", sa.Column("external_issuer", sa.String(500)), schema=S)
     op.add_column("users", sa.Column("external_subject", sa.String(255)), schema=S)
     op.create_unique_constraint(
@@ -167,7 +175,7 @@ def downgrade() -> None:
     op.drop_table("refresh_tokens", schema=S)
     op.drop_constraint("fk_users_plan_plans", "users", schema=S, type_="foreignkey")
     op.drop_constraint("uq_users_external_issuer_external_subject", "users", schema=S, type_="unique")
-    op.execute(f"DROP SEQUENCE {S}.plan_revisions")
+    op.drop_table("plan_catalog", schema=S)
     for column in ("revision", "external_subject", "external_issuer", "plan_changed_at", "plan_overrides"):
         op.drop_column("users", column, schema=S)
     op.alter_column("users", "password_hash", nullable=False, schema=S)

@@ -32,7 +32,9 @@ def bearer(secret: str) -> dict[str, str]:
 
 
 class TestLifecycle:
-    def test_the_secret_is_shown_once_and_stored_only_as_a_digest(self, stack: Stack, database_url: str) -> None:
+    def test_the_secret_is_shown_once_and_stored_only_as_a_digest(
+        self, stack: Stack, database_url: str
+    ) -> None:
         owner = stack.register()
         created = create_key(stack, owner, "deploy bot")
         secret = created["key"]
@@ -73,11 +75,15 @@ class TestLifecycle:
         owner = stack.register()
         created = create_key(stack, owner)
         for url in stack.urls:  # both replicas have the key cached now
-            assert httpx.post(url + "/v1/chat/completions", json=CHAT_BODY, headers=bearer(created["key"])).is_success
+            assert httpx.post(
+                url + "/v1/chat/completions", json=CHAT_BODY, headers=bearer(created["key"])
+            ).is_success
         revoked = httpx.delete(stack.urls[0] + f"/v1/api-keys/{created['id']}", headers=owner.headers)
         assert revoked.status_code == 204
         for url in reversed(stack.urls):
-            response = httpx.post(url + "/v1/chat/completions", json=CHAT_BODY, headers=bearer(created["key"]))
+            response = httpx.post(
+                url + "/v1/chat/completions", json=CHAT_BODY, headers=bearer(created["key"])
+            )
             assert response.status_code == 401
             assert response.json()["error"]["type"] == "authentication_error"
         assert httpx.get(stack.url + "/v1/api-keys", headers=owner.headers).json() == []
@@ -85,7 +91,9 @@ class TestLifecycle:
     def test_a_key_cannot_manage_keys(self, stack: Stack) -> None:
         owner = stack.register()
         created = create_key(stack, owner)
-        response = httpx.post(stack.url + "/v1/api-keys", json={"name": "more"}, headers=bearer(created["key"]))
+        response = httpx.post(
+            stack.url + "/v1/api-keys", json={"name": "more"}, headers=bearer(created["key"])
+        )
         assert response.status_code == 403
 
     def test_bad_input_is_422(self, stack: Stack) -> None:
@@ -102,7 +110,9 @@ class TestOwnership:
         seen = httpx.get(stack.url + f"/v1/api-keys/{key['id']}", headers=mallory.headers)
         assert seen.status_code == 404
         assert seen.headers["content-type"] == "application/problem+json"
-        assert httpx.delete(stack.url + f"/v1/api-keys/{key['id']}", headers=mallory.headers).status_code == 404
+        assert (
+            httpx.delete(stack.url + f"/v1/api-keys/{key['id']}", headers=mallory.headers).status_code == 404
+        )
         # Still alive and still Alice's.
         me = httpx.get(stack.url + "/v1/me", headers=bearer(key["key"])).json()
         assert me["id"] == alice.id

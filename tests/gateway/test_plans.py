@@ -126,9 +126,7 @@ class TestPlans:
             assert me(url, user)["plan"]["name"] == "free"
         stack.set_user(admin, user.id, plan=tiny["name"])  # through replica 0
         assert me(stack.urls[1], user)["plan"]["name"] == tiny["name"]
-        codes = [
-            httpx.get(stack.urls[1] + "/v1/models", headers=user.headers).status_code for _ in range(3)
-        ]
+        codes = [httpx.get(stack.urls[1] + "/v1/models", headers=user.headers).status_code for _ in range(3)]
         assert codes[2] == 429
         # The plan itself changes (replica 0); replica 1 applies the new figure to the very next request.
         changed = httpx.patch(
@@ -166,15 +164,17 @@ class TestPlans:
             "SELECT payload FROM gateway.outbox WHERE event_type = 'plan.changed.v1' AND payload->>'user_id' = :u",
             u=user.id,
         )
-        assert [(r["payload"]["plan"], r["payload"]["previous_plan"], r["payload"]["reason"]) for r in rows] == [
-            ("pro", "free", "admin")
-        ]
+        assert [
+            (r["payload"]["plan"], r["payload"]["previous_plan"], r["payload"]["reason"]) for r in rows
+        ] == [("pro", "free", "admin")]
 
     def test_bad_changes_are_refused_clearly(self, stack: Stack, admin: Account) -> None:
         base = stack.url + "/v1/admin"
         h = admin.headers
         assert httpx.patch(base + "/plans/free", json={"cache": "bogus"}, headers=h).status_code == 422
-        assert httpx.patch(base + "/plans/free", json={"requests_per_minute": 0}, headers=h).status_code == 422
+        assert (
+            httpx.patch(base + "/plans/free", json={"requests_per_minute": 0}, headers=h).status_code == 422
+        )
         assert httpx.patch(base + "/plans/free", json={"colour": "red"}, headers=h).status_code == 422
         assert httpx.post(base + "/plans", json={"name": "free"}, headers=h).status_code == 409
         assert httpx.post(base + "/plans", json={"name": "Bad Name!"}, headers=h).status_code == 422
@@ -268,20 +268,24 @@ class TestPlanChangedWorker:
             )
             asyncio.run(publish(fresh_amqp_url, upgrade, stale))
             wait_until(
-                lambda: len(
-                    query(
-                        database_url,
-                        "SELECT 1 FROM gateway.applied_events WHERE event_id IN (:a, :b)",
-                        a=str(upgrade.id),
-                        b=str(stale.id),
+                lambda: (
+                    len(
+                        query(
+                            database_url,
+                            "SELECT 1 FROM gateway.applied_events WHERE event_id IN (:a, :b)",
+                            a=str(upgrade.id),
+                            b=str(stale.id),
+                        )
                     )
-                )
-                == 2,
+                    == 2
+                ),
                 what="both events handled",
             )
             worker.wait_for_log(lambda r: r.get("event") == "plan_change.duplicate")
             assert me(stack.urls[1], user)["plan"]["name"] == "pro"
-            assert query(database_url, "SELECT revision FROM gateway.users WHERE id = :u", u=user.id) == revision
+            assert (
+                query(database_url, "SELECT revision FROM gateway.users WHERE id = :u", u=user.id) == revision
+            )
             # An unknown plan is a configuration error: dead-lettered, nothing changed.
             bogus = PlanChangedV1(source="webhooks", user_id=uuid.UUID(user.id), plan="platinum")
             asyncio.run(publish(fresh_amqp_url, bogus))

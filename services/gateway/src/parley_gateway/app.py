@@ -13,12 +13,13 @@ from parley_common.api import create_service_app
 from parley_common.db.engine import async_engines, async_session_factory, ping
 from parley_common.logs import get_logger
 from parley_common.process import init_process
+from redis.exceptions import RedisError
 
 from parley_gateway.config import Settings, get_settings
 from parley_gateway.directory import Directory
 from parley_gateway.forwarding import Upstream
 from parley_gateway.limits.limiter import Limiter
-from parley_gateway.limits.store import RedisStore, StoreUnavailable
+from parley_gateway.limits.store import RedisStore
 from parley_gateway.routes import admin, api_keys, auth, me, proxy
 from parley_gateway.state import Gateway
 from parley_gateway.tokens import ExternalIssuer, TokenService
@@ -52,8 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             command_timeout=settings.redis_command_timeout,
             breaker_seconds=settings.limits_breaker_seconds,
         )
-        with contextlib.suppress(StoreUnavailable, OSError, TimeoutError):
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
             await store.load_scripts()
+            await store.warm_up()
         limiter = Limiter(store, settings)
         directory = Directory(sessionmaker, limiter, tokens, settings)
         await directory.load_plans()

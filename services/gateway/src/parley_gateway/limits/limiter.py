@@ -20,7 +20,7 @@ from parley_common.logs import get_logger
 from parley_gateway.config import Settings
 from parley_gateway.limits.keys import UserKeys, current_periods, seconds_to
 from parley_gateway.limits.local import LocalLimits
-from parley_gateway.limits.store import RedisStore, StoreUnavailable
+from parley_gateway.limits.store import DEADLINE, RedisStore, StoreUnavailable
 from parley_gateway.plans import EffectivePlan
 
 log = get_logger(__name__)
@@ -114,8 +114,6 @@ class Limiter:
         self.auth_local = LocalLimits(1.0, settings.limits_window_seconds)
         self.quota_trusted = True
         self._active: dict[str, Grant] = {}
-        self._settlements: list[tuple[str, list[str], list[Any]]] = []
-        self._flushing: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
 
     # -- admission -------------------------------------------------------------------------------------
@@ -181,7 +179,7 @@ class Limiter:
         args = (
             revisions[0],
             revisions[1],
-            self.store.deadline_ms(),
+            DEADLINE,
             grant.id,
             self.window_ms,
             plan.requests_per_minute if "requests" in concerns else 0,
@@ -298,18 +296,7 @@ class Limiter:
             periods.day_ttl,
             periods.month_ttl,
         ]
-        self._settlements.append(("settle", grant.keys.settle_keys(periods), args))
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(0.002)  # gather the settlements of a few requests into one pipeline
-        batch, self._settlements = self._settlements, []
-        self._flushing = None
-        try:
-            await self.store.run_many(batch)
-        except StoreUnavailable:
-            log.warning("limits.settlements_dropped", count=len(batch))
+        self.store.fire("settle", grant.keys.settle_keys(periods), args)
 
     async def _renew_forever(self, interval: float) -> None:
         while True:
@@ -317,11 +304,8 @@ class Limiter:
             grants = [g for g in self._active.values() if not g.done]
             if not grants:
                 continue
-            calls = [("renew", g.keys.renew_keys(), [g.id, self.lease_ms]) for g in grants]
-            try:
-                await self.store.run_many(calls)
-            except StoreUnavailable:
-                log.warning("limits.lease_renewal_failed", count=len(calls))
+            for grant in grants:
+                self.store.fire("renew", grant.keys.renew_keys(), [grant.id, self.lease_ms])
 
     def start(self) -> None:
         self._renewer = asyncio.get_running_loop().create_task(self._renew_forever(self.lease_ms / 3000))
@@ -329,8 +313,7 @@ class Limiter:
     async def stop(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
-        if self._flushing is not None:
-            await asyncio.gather(self._flushing, return_exceptions=True)
+        await self.store.drain()
 
     # -- reads, revisions and account endpoints -----------------------------------------------------------
 

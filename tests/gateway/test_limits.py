@@ -116,8 +116,7 @@ class TestExactness:
 
         before = (served_by(stack, "gateway-a"), served_by(stack, "gateway-b"))
         results = asyncio.run(rounds())
-        print("rounds (admitted, refused, shaped, seconds):", results)
-        assert [r[0] for r in results] == [100] * 20
+        assert [r[0] for r in results] == [100] * 20, f"(admitted, refused, shaped, seconds): {results}"
         assert [r[1] for r in results] == [400] * 20
         assert all(r[2] for r in results), "every 429 carries Retry-After in OpenAI's error shape"
         # Both processes behind the one port served a share of the traffic.
@@ -283,8 +282,10 @@ class TestStreams:
     def test_a_long_stream_keeps_its_lease(self, stack: Stack, admin: Account) -> None:
         user = user_with(stack, admin, concurrent_streams=1)
         body = {**CHAT_BODY, "stream": True, "hang": True}
-        with httpx.Client(base_url=stack.url, headers=user.headers, timeout=20) as client:
-            with client.stream("POST", "/v1/chat/completions", json=body) as held:
-                assert held.status_code == 200
-                time.sleep(5)  # longer than the 3 s lease: renewals keep the slot
-                assert client.post("/v1/chat/completions", json=body).status_code == 429
+        with (
+            httpx.Client(base_url=stack.url, headers=user.headers, timeout=20) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as held,
+        ):
+            assert held.status_code == 200
+            time.sleep(5)  # longer than the 3 s lease: renewals keep the slot
+            assert client.post("/v1/chat/completions", json=body).status_code == 429

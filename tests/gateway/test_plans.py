@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import aio_pika
 import httpx
@@ -52,7 +52,7 @@ def create_plan(stack: Stack, admin: Account, **fields: Any) -> dict[str, Any]:
 
 
 class TestAdminOnly:
-    ROUTES = [
+    ROUTES: ClassVar[list[tuple[str, str, dict[str, Any] | None]]] = [
         ("GET", "/v1/admin/plans", None),
         ("POST", "/v1/admin/plans", {"name": "sneaky"}),
         ("GET", "/v1/admin/plans/free", None),

@@ -127,6 +127,7 @@ def start_stack(
     gateways: int = 1,
     provider_args: tuple[str, ...] = (),
     with_chat: bool = True,
+    with_ledger: bool = False,
     seeded: bool = True,
     **gateway_env: str,
 ) -> Stack:
@@ -148,6 +149,14 @@ def start_stack(
             ready_url=f"http://127.0.0.1:{chat_port}/readyz",
         )
         stack.chat_url = f"http://127.0.0.1:{chat_port}"
+    if with_ledger:  # chat's outbox relay and the usage worker: every call lands in usage.ledger
+        relay = manager.spawn("chat-relay", [venv_command("parley-chat-relay")], env)
+        relay.wait_for_log("relay.connected")
+        worker = manager.spawn(
+            "usage-worker", [venv_command("parley-usage-worker")], {**env, "PARLEY_WORKER_CONCURRENCY": "2"}
+        )
+        worker.wait_for_log(r"ready\.$", timeout=60)
+        stack.extra.update({"chat-relay": relay, "usage-worker": worker})
     stack.env["PARLEY_CHAT_URL"] = stack.chat_url or "http://127.0.0.1:9"
     stack.env.update(gateway_env)
     if seeded:

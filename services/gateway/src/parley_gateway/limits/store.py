@@ -42,6 +42,7 @@ SCRIPTS = {
 
 
 MAX_BATCHES_IN_FLIGHT = 4
+LAG_ALLOWANCE = 0.1  # seconds a late timer may add to the timeout (see RedisStore._bounded)
 
 # An argument the store replaces with the batch's deadline when it sends it (see _deadline_ms).
 DEADLINE: Any = object()
@@ -111,7 +112,12 @@ class RedisStore:
         """One script; raises StoreUnavailable (and trips the breaker) when Redis fails or stalls."""
         if self._down:
             raise StoreUnavailable("breaker open")
-        return await self._submit(name, keys, args)
+        future = self._submit(name, keys, args)
+        try:
+            return await self._bounded(future)  # from now: queued behind stalled batches counts too
+        except TimeoutError as exc:
+            self.trip(exc)
+            raise StoreUnavailable("timeout") from None
 
     def fire(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Queue a script nobody waits for (settlements, lease renewals); dropped while Redis is away."""
@@ -172,7 +178,7 @@ class RedisStore:
         """``work`` within the command timeout, not counting time this event loop spent elsewhere.
 
         The timeout measures Redis, not this process: a timer that fires late (the loop was busy with a
-        burst of requests) gives the reply the time the loop took from it, up to three more timeouts.
+        burst of requests) gives the reply the time the loop took from it, at most ``LAG_ALLOWANCE``.
         With an idle loop and a stalled Redis, the wait is the timeout itself.
         """
         loop = asyncio.get_running_loop()
@@ -184,7 +190,7 @@ class RedisStore:
             if done:
                 return task.result()
             late = loop.time() - started - budget
-            if late < 0.01 or extensions + late > 3 * self.timeout:
+            if late < 0.005 or extensions + late > LAG_ALLOWANCE:
                 task.cancel()
                 raise TimeoutError("redis did not answer in time")
             budget, extensions = late, extensions + late
@@ -227,6 +233,10 @@ class RedisStore:
                 if not self._down:
                     log.warning("limits.redis_unavailable", error=type(exc).__name__)
                 self._down = True
+                queued, self._queue = self._queue, []
+                for *_, future in queued:
+                    if not future.done():
+                        future.set_exception(StoreUnavailable("breaker open"))
                 await asyncio.sleep(self.breaker_seconds)
                 continue
             if self._down:

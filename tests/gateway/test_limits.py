@@ -197,15 +197,16 @@ class TestHeadersAndRefusals:
         assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
 
     def test_tokens_per_minute_count_what_requests_may_use(self, stack: Stack, admin: Account) -> None:
+        # Two streams hold 2 x ~1,410 of 3,000; a third needs ~1,230 more, 1.6 s of refill at 3,000/4 s.
         user = user_with(stack, admin, tokens_per_minute=3000)
-        body = {**CHAT_BODY, "max_tokens": 1000, "stream": True, "hang": True}
+        body = {**CHAT_BODY, "max_tokens": 1400, "stream": True, "hang": True}
         with httpx.Client(base_url=stack.url, headers=user.headers, timeout=10) as client:
             with (
                 client.stream("POST", "/v1/chat/completions", json=body) as one,
                 client.stream("POST", "/v1/chat/completions", json=body) as two,
             ):
                 assert one.status_code == two.status_code == 200
-                third = client.post("/v1/chat/completions", json={**CHAT_BODY, "max_tokens": 1000})
+                third = client.post("/v1/chat/completions", json={**CHAT_BODY, "max_tokens": 1400})
                 assert third.status_code == 429
                 assert "tokens" in third.json()["error"]["message"]
                 assert int(third.headers["retry-after"]) >= 1

@@ -42,7 +42,10 @@ SCRIPTS = {
 
 
 MAX_BATCHES_IN_FLIGHT = 4
-LAG_ALLOWANCE = 0.1  # seconds a late timer may add to the timeout (see RedisStore._bounded)
+# Seconds a late timer may add to the timeout (see RedisStore._bounded): a sanity cap, far above the
+# lag of a healthy process, so a burst that keeps the loop busy never passes for a Redis outage.
+LAG_ALLOWANCE = 2.0
+LAG_TICK = 0.01
 
 # An argument the store replaces with the batch's deadline when it sends it (see _deadline_ms).
 DEADLINE: Any = object()
@@ -78,6 +81,8 @@ class RedisStore:
         self._queue: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
+        self._lag = 0.0  # seconds, in total, this loop ran timers late (see _measure_lag)
+        self._lag_watcher: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self._offset_ms: float | None = None  # Redis clock - our clock
         self._offset_at = 0.0
@@ -177,23 +182,37 @@ class RedisStore:
     async def _bounded(self, work: Awaitable[T]) -> T:
         """``work`` within the command timeout, not counting time this event loop spent elsewhere.
 
-        The timeout measures Redis, not this process: a timer that fires late (the loop was busy with a
-        burst of requests) gives the reply the time the loop took from it, at most ``LAG_ALLOWANCE``.
-        With an idle loop and a stalled Redis, the wait is the timeout itself.
+        The timeout measures Redis, not this process: time the loop spent busy during the wait (a burst
+        of requests to parse; measured by ``_measure_lag``) is given back to the reply, at most
+        ``LAG_ALLOWANCE``. With an idle loop and a stalled Redis, the wait is the timeout itself.
         """
         loop = asyncio.get_running_loop()
+        self._watch_lag()
         task = asyncio.ensure_future(work)
-        budget, extensions = self.timeout, 0.0
+        budget, granted, lag_at_start = self.timeout, 0.0, self._lag
         while True:
             started = loop.time()
             done, _ = await asyncio.wait({task}, timeout=budget)
             if done:
                 return task.result()
             late = loop.time() - started - budget
-            if late < 0.005 or extensions + late > LAG_ALLOWANCE:
+            stolen = max(self._lag - lag_at_start, late) - granted
+            if stolen < 0.005 or granted + stolen > LAG_ALLOWANCE:
                 task.cancel()
                 raise TimeoutError("redis did not answer in time")
-            budget, extensions = late, extensions + late
+            budget, granted = stolen, granted + stolen
+
+    def _watch_lag(self) -> None:
+        if self._lag_watcher is None or self._lag_watcher.done():
+            self._lag_watcher = asyncio.get_running_loop().create_task(self._measure_lag())
+
+    async def _measure_lag(self) -> None:
+        """Adds up how late this loop runs a 10 ms timer: time it spent busy, unable to read replies."""
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + LAG_TICK
+            await asyncio.sleep(LAG_TICK)
+            self._lag += max(0.0, loop.time() - expected)
 
     def _with_deadlines(self, args: Sequence[Any]) -> Sequence[Any]:
         if DEADLINE not in args:
@@ -255,8 +274,9 @@ class RedisStore:
         await self._bounded(self.client.ping())
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in (self._probe, self._lag_watcher):
+            if task is not None:
+                task.cancel()
         await self.client.aclose()
 
 

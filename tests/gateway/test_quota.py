@@ -25,7 +25,11 @@ QUOTA = 10_000
 def stack(manager: ProcessManager, platform_config: PlatformConfig) -> Stack:
     # The provider answers after 1.5 s, so all 50 calls are in flight, holding reservations, together.
     return start_stack(
-        manager, platform_config, provider_args=("--first-token-delay-ms", "1500"), with_ledger=True, gateways=2
+        manager,
+        platform_config,
+        provider_args=("--first-token-delay-ms", "1500"),
+        with_ledger=True,
+        gateways=2,
     )
 
 
@@ -50,7 +54,11 @@ def test_50_concurrent_calls_never_spend_more_than_the_quota(stack: Stack, datab
             async def one(i: int) -> tuple[int, dict[str, Any], str | None]:
                 url = stack.urls[i % 2] + "/v1/chat/completions"
                 async with session.post(url, json=body, headers=user.headers) as response:
-                    return response.status, json.loads(await response.read()), response.headers.get("retry-after")
+                    return (
+                        response.status,
+                        json.loads(await response.read()),
+                        response.headers.get("retry-after"),
+                    )
 
             return await asyncio.gather(*(one(i) for i in range(50)))
 

@@ -85,7 +85,9 @@ def test_redis_frozen_for_10_seconds_under_load(
 
             async def one(url: str, user: Account) -> None:
                 sent = time.monotonic()
-                async with session.post(url + "/v1/chat/completions", json=CHAT_BODY, headers=user.headers) as r:
+                async with session.post(
+                    url + "/v1/chat/completions", json=CHAT_BODY, headers=user.headers
+                ) as r:
                     await r.read()
                     log.append(
                         {

@@ -210,7 +210,14 @@ class TestHeadersAndRefusals:
                 assert third.status_code == 429
                 assert "tokens" in third.json()["error"]["message"]
                 assert int(third.headers["retry-after"]) >= 1
-            # Both streams ended: their unused tokens went back to the bucket.
+            # Both streams ended: their unused tokens go back to the bucket (refill alone would take 3 s).
+            ended = time.monotonic()
+            wait_until(
+                lambda: client.get("/v1/me").json()["limits"]["tokens_per_minute"]["remaining"] >= 2500,
+                timeout=1.0,
+                what="unused tokens refunded",
+            )
+            assert time.monotonic() - ended < 1.0
             assert (
                 client.post("/v1/chat/completions", json={**CHAT_BODY, "max_tokens": 1000}).status_code == 200
             )

@@ -86,7 +86,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.close()
         await engine.dispose()
 
-    app = create_service_app(service="gateway", lifespan=lifespan, openai_prefixes=OPENAI_PREFIXES)
+    # Parley's own middleware records the span, metrics and access log of every request; FastAPI's
+    # native instrumentation would record them a second time, on the hot path of every forwarded call.
+    app = create_service_app(
+        service="gateway", lifespan=lifespan, openai_prefixes=OPENAI_PREFIXES, fastapi_telemetry=False
+    )
     app.state.settings = settings
     app.include_router(auth.router)
     app.include_router(me.router)

@@ -52,7 +52,7 @@ def seconds_to(period: str, now: float | None = None) -> float:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserKeys:
     user_id: UUID
     plans_revision: str
@@ -65,6 +65,7 @@ class UserKeys:
     reservations: str
     reservation_expiries: str
     prefix: str
+    _used: tuple[Periods, tuple[str, str]] | None = None
 
     @classmethod
     def build(cls, prefix: str, user_id: UUID) -> UserKeys:
@@ -84,10 +85,15 @@ class UserKeys:
         )
 
     def used(self, periods: Periods) -> tuple[str, str]:
-        return (
-            used_key(self.prefix, self.user_id, "day", periods.day_at),
-            used_key(self.prefix, self.user_id, "month", periods.day_at),
-        )
+        if self._used is None or self._used[0] is not periods:  # once a day per user, not per request
+            self._used = (
+                periods,
+                (
+                    used_key(self.prefix, self.user_id, "day", periods.day_at),
+                    used_key(self.prefix, self.user_id, "month", periods.day_at),
+                ),
+            )
+        return self._used[1]
 
     def admit_keys(self, periods: Periods) -> list[str]:
         day, month = self.used(periods)

@@ -42,6 +42,7 @@ SCRIPTS = {
 
 
 MAX_BATCHES_IN_FLIGHT = 4
+FIRE_DELAY = 0.02  # seconds a settlement may wait for an admission batch to ride along with
 # Seconds a late timer may add to the timeout (see RedisStore._bounded): a sanity cap, far above the
 # lag of a healthy process, so a burst that keeps the loop busy never passes for a Redis outage.
 LAG_ALLOWANCE = 2.0
@@ -81,6 +82,7 @@ class RedisStore:
         self._queue: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
+        self._fire_timer: asyncio.TimerHandle | None = None
         self._lag = 0.0  # seconds, in total, this loop ran timers late (see _measure_lag)
         self._lag_watcher: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -125,11 +127,25 @@ class RedisStore:
             raise StoreUnavailable("timeout") from None
 
     def fire(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
-        """Queue a script nobody waits for (settlements, lease renewals); dropped while Redis is away."""
+        """Queue a script nobody waits for (settlements, lease renewals); dropped while Redis is away.
+
+        It travels with the next batch an admission sends, or on its own after ``FIRE_DELAY``: a
+        settlement then costs no round trip of its own.
+        """
         if self._down:
             log.debug("limits.call_dropped", script=name)
             return
-        self._submit(name, keys, args).add_done_callback(_consume)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
+        self._queue.append((name, keys, args, future))
+        if not self._flush_scheduled and self._fire_timer is None:
+            self._fire_timer = asyncio.get_running_loop().call_later(FIRE_DELAY, self._fire_due)
+
+    def _fire_due(self) -> None:
+        self._fire_timer = None
+        if self._queue and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._start_flush()
 
     def _submit(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
         # Calls made while the event loop is busy travel together: one pipeline, one round trip, each
@@ -265,6 +281,9 @@ class RedisStore:
 
     async def drain(self) -> None:
         """Wait for queued calls (settlements) to be sent, at shutdown."""
+        if self._fire_timer is not None:
+            self._fire_timer.cancel()
+            self._fire_timer = None
         if self._queue:
             self._start_flush()
         if self._flushes:

@@ -16,9 +16,8 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
-from opentelemetry.trace import SpanKind
 from parley_common.errors import Problem
-from parley_common.telemetry import inject_context, tracer
+from parley_common.telemetry import inject_context
 from starlette.routing import BaseRoute, Route
 
 from parley_gateway.auth import Principal, authenticate, bearer
@@ -38,7 +37,6 @@ from parley_gateway.limits.headers import rate_limit_headers
 from parley_gateway.limits.limiter import Grant, LimitsUnavailable, RateLimited, StaleIdentity
 from parley_gateway.state import Gateway
 
-_tracer = tracer("parley.gateway")
 # Request headers never passed through as they are (hop-by-hop, or set by the gateway).
 HOP_BY_HOP_REQUEST = frozenset(
     {
@@ -138,18 +136,15 @@ def _upstream_headers(
 
 
 async def _send(gw: Gateway, request: Request, base_url: str, headers: dict[str, str], body: bytes) -> Any:
-    with _tracer.start_as_current_span(f"{request.method} upstream", kind=SpanKind.CLIENT):
-        inject_context(headers)
-        try:
-            return await gw.upstream.send(
-                request.method,
-                base_url + request.url.path,
-                request.url.query,
-                headers,
-                body if body else None,
-            )
-        except UpstreamFailed as exc:
-            raise exc.problem from None
+    # The service continues the gateway's server span (traceparent); a client span of its own would add
+    # little to a trace and cost every request.
+    inject_context(headers)
+    try:
+        return await gw.upstream.send(
+            request.method, base_url + request.url.path, request.url.query, headers, body if body else None
+        )
+    except UpstreamFailed as exc:
+        raise exc.problem from None
 
 
 async def _model_call(request: Request, base_url: str) -> Response:

@@ -191,7 +191,17 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         directory = Path(tmp)
         for mode, body in (
             ("completion", {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}),
-            ("stream", {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16, "stream": True}),
+            (
+                "stream",
+                {
+                    "model": "gpt-4o-mini",
+                    "messages": MESSAGES,
+                    "max_tokens": 16,
+                    "stream": True,
+                    # Usage in the last chunk, as chat sends it to the gateway under x-parley-usage.
+                    "stream_options": {"include_usage": True},
+                },
+            ),
         ):
             for path, url, credential in (
                 ("gateway", gateway_url, token),

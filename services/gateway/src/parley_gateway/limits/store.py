@@ -46,7 +46,7 @@ FIRE_DELAY = 0.02  # seconds a settlement may wait for an admission batch to rid
 # Seconds a late timer may add to the timeout (see RedisStore._bounded): a sanity cap, far above the
 # lag of a healthy process, so a burst that keeps the loop busy never passes for a Redis outage.
 LAG_ALLOWANCE = 2.0
-LAG_TICK = 0.01
+LAG_TICK = 0.025
 
 # An argument the store replaces with the batch's deadline when it sends it (see _deadline_ms).
 DEADLINE: Any = object()
@@ -223,7 +223,7 @@ class RedisStore:
             self._lag_watcher = asyncio.get_running_loop().create_task(self._measure_lag())
 
     async def _measure_lag(self) -> None:
-        """Adds up how late this loop runs a 10 ms timer: time it spent busy, unable to read replies."""
+        """Adds up how late this loop runs a short timer: time it spent busy, unable to read replies."""
         loop = asyncio.get_running_loop()
         while True:
             expected = loop.time() + LAG_TICK

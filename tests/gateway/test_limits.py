@@ -243,7 +243,13 @@ class TestStreams:
                     assert third.headers["retry-after"] == "1"
                     # Non-streamed calls take no stream slot.
                     assert client.post("/v1/chat/completions", json=CHAT_BODY).status_code == 200
-            # Both clients left: their slots are free again at once.
+            # Both clients left: the gateway sees the disconnects and frees their slots. (Were that broken,
+            # the slots would stay held: the gateway keeps renewing the leases of streams it thinks open.)
+            wait_until(
+                lambda: client.get("/v1/me").json()["limits"]["concurrent_streams"]["remaining"] == 2,
+                timeout=2,
+                what="stream slots released",
+            )
             with client.stream("POST", "/v1/chat/completions", json=body) as again:
                 assert again.status_code == 200
 

@@ -33,6 +33,8 @@ if [ -z "${PARLEY_OPENAI_API_KEY:-}" ] && [ -z "${PARLEY_OPENAI_BASE_URL:-}" ] &
 fi
 cat >> "$procfile" <<'PROCS'
 gateway: parley-gateway-api
+gateway-relay: parley-gateway-relay
+gateway-worker: parley-gateway-worker
 chat: parley-chat-api
 chat-relay: parley-chat-relay
 usage-worker: parley-usage-worker

@@ -85,7 +85,16 @@ def start_platform(
     gateway = manager.spawn(
         "gateway",
         [venv_command("parley-gateway-api")],
-        {**env, "PARLEY_HTTP_PORT": str(gateway_port), "PARLEY_CHAT_URL": f"http://127.0.0.1:{chat_port}"},
+        {
+            **env,
+            "PARLEY_HTTP_PORT": str(gateway_port),
+            "PARLEY_CHAT_URL": f"http://127.0.0.1:{chat_port}",
+            # The suite's own traffic: many accounts from 127.0.0.1, many calls per account. The gateway's
+            # tests set plans and attempt limits explicitly.
+            "PARLEY_SIGNUP_PLAN": "enterprise",
+            "PARLEY_AUTH_IP_PER_MINUTE": "100000",
+            "PARLEY_AUTH_EMAIL_PER_MINUTE": "100000",
+        },
         ready_url=f"http://127.0.0.1:{gateway_port}/readyz",
     )
     platform = Platform(

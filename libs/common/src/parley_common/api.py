@@ -38,13 +38,27 @@ def create_service_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
     openai_prefixes: Iterable[str] = (),
     title: str | None = None,
+    fastapi_telemetry: bool = True,
 ) -> FastAPI:
     """A FastAPI app with Parley's middleware, error handlers, metrics and health routes.
 
     Readiness checks are read from ``app.state.readiness_checks`` (name → coroutine function), which the
-    service's lifespan fills once its connections exist.
+    service's lifespan fills once its connections exist. ``fastapi_telemetry=False`` turns off FastAPI's
+    native OpenTelemetry instrumentation, which duplicates what :class:`RequestContextMiddleware`
+    already records (a second server span, metrics and logs for every request).
     """
-    app = FastAPI(title=title or f"parley-{service}", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    telemetry: Any = (
+        None
+        if fastapi_telemetry
+        else {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    )
+    app = FastAPI(
+        title=title or f"parley-{service}",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        telemetry=telemetry,
+    )
     app.state.readiness_checks = {}
     install_error_handlers(app, openai_prefixes=openai_prefixes)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -34,10 +35,13 @@ class KeySet:
         cooldown: float = 30.0,
         max_age: float = 600.0,
         timeout: float = 3.0,
+        algorithms: Iterable[str] = ("ES256",),
     ) -> None:
         if url is None and document is None:
             raise ValueError("a key set needs a URL or a document")
         self.url = url
+        self.algorithms = tuple(algorithms)
+        self._algs: dict[str, str] = {}
         self.cooldown = cooldown
         self.max_age = max_age
         self.timeout = timeout
@@ -48,14 +52,35 @@ class KeySet:
             self._load(json.loads(document) if isinstance(document, str) else document)
             self._fetched_at = float("inf")  # static: never refetch
 
+    def _algorithm(self, entry: dict[str, Any]) -> str | None:
+        """The algorithm a JWK may verify, among those accepted; None to skip the key."""
+        if entry.get("use", "sig") != "sig":
+            return None
+        if entry.get("kty") == "EC" and entry.get("crv") == "P-256" and "ES256" in self.algorithms:
+            return "ES256"
+        if entry.get("kty") == "RSA":
+            rsa = [a for a in self.algorithms if a[:2] in ("RS", "PS")]
+            declared = entry.get("alg")
+            if declared in rsa:
+                return str(declared)
+            return rsa[0] if rsa and declared is None else None
+        return None
+
     def _load(self, document: dict[str, Any]) -> None:
         keys: dict[str, Any] = {}
+        algs: dict[str, str] = {}
         for entry in document.get("keys", []):
             kid = entry.get("kid")
-            if not kid or entry.get("kty") != "EC" or entry.get("crv") != "P-256":
+            algorithm = self._algorithm(entry) if kid else None
+            if algorithm is None:
                 continue
-            keys[kid] = jwt.PyJWK(entry, algorithm="ES256").key
-        self._keys = keys
+            try:
+                keys[kid] = jwt.PyJWK(entry, algorithm=algorithm).key
+            except jwt.PyJWTError:
+                log.warning("jwks.key_skipped", kid=kid)
+                continue
+            algs[kid] = algorithm
+        self._keys, self._algs = keys, algs
 
     async def _refresh(self, force: bool) -> None:
         if self.url is None:
@@ -85,3 +110,8 @@ class KeySet:
             await self._refresh(force=True)
             key = self._keys.get(kid)
         return key
+
+    async def get_with_algorithm(self, kid: str) -> tuple[Any, str] | None:
+        """The public key for ``kid`` and the one algorithm it verifies, or None."""
+        key = await self.get(kid)
+        return None if key is None else (key, self._algs[kid])

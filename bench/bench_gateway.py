@@ -1,0 +1,232 @@
+"""What the gateway adds: the same completions through the gateway and straight to chat, side by side.
+
+Four runs at a fixed concurrency on the fake provider (no delay): non-streamed and streamed, each through
+the gateway (authentication, request ring + token bucket + quota reservation in one Lua script, stream
+lease, internal token, forwarding, settlement) and directly to chat (with an internal token minted here).
+For each: requests/s, p50/p99 latency from wrk, and CPU per request of the gateway and chat processes,
+from their own CPU time over the run (so the load generator's cost never counts). Goal: under 1 ms of
+gateway CPU per request.
+
+wrk (a C load generator, aimed at 127.0.0.1 only) keeps the client's own CPU low; it is installed with
+apt-get when missing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import redis
+from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
+from parley_common.auth.keys import generate_private_key_pem, jwks_document, load_signing_keys
+from parley_common.testing.net import free_port
+from parley_common.testing.processes import ManagedProcess, venv_command
+
+from bench.context import BenchContext
+
+CONNECTIONS = 16
+SECONDS = 10
+MESSAGES = [{"role": "user", "content": "Give me three words about the sea, please."}]
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True, timeout=300)
+    found = shutil.which("wrk")
+    if not found:
+        raise RuntimeError("wrk could not be installed")
+    return found
+
+
+def wrk_script(body: dict[str, Any], token: str, directory: Path, name: str) -> Path:
+    path = directory / f"{name}.lua"
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = [[{json.dumps(body)}]]\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+    )
+    return path
+
+
+def _ms(text: str) -> float:
+    """wrk's ``850.00us``, ``4.29ms``, ``1.02s`` in milliseconds."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    number, unit = float(match.group(1)), match.group(2)
+    return number * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def cpu_seconds(process: ManagedProcess) -> float:
+    proc = psutil.Process(process.pid)
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        total += sum(child.cpu_times()[:2])
+    return total
+
+
+def measure(
+    wrk: str, url: str, script: Path, processes: dict[str, ManagedProcess], seconds: int = SECONDS
+) -> dict[str, Any]:
+    before = {name: cpu_seconds(p) for name, p in processes.items()}
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    after = {name: cpu_seconds(p) for name, p in processes.items()}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE))
+    result: dict[str, Any] = {
+        "requests": requests,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": round(_ms(percentiles["50"]), 2),
+        "p99_ms": round(_ms(percentiles["99"]), 2),
+    }
+    for name in processes:
+        result[f"{name}_cpu_ms_per_request"] = round(
+            (after[name] - before[name]) * 1000 / max(requests, 1), 3
+        )
+    return result
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    wrk = ensure_wrk()
+    pem = generate_private_key_pem()
+    key = load_signing_keys(pem)[0]
+    env = {
+        "PARLEY_ENV": "test",
+        "PARLEY_LOG_LEVEL": "INFO",
+        "PARLEY_DATABASE_URL": ctx.database_url,
+        "PARLEY_RABBITMQ_URL": ctx.amqp_url,
+        "PARLEY_REDIS_URL": ctx.redis_url,
+        "PARLEY_REDIS_KEY_PREFIX": ctx.redis_prefix,
+        "PARLEY_JWT_PRIVATE_KEYS": pem,
+        "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document([key])),
+    }
+    provider_port, chat_port, gateway_port = free_port(), free_port(), free_port()
+    ctx.processes.spawn(
+        "provider",
+        [venv_command("parley-fake-provider"), "--port", str(provider_port)],
+        ready_url=f"http://127.0.0.1:{provider_port}/livez",
+    )
+    chat = ctx.processes.spawn(
+        "chat",
+        [venv_command("parley-chat-api")],
+        {
+            **env,
+            "PARLEY_HTTP_PORT": str(chat_port),
+            "PARLEY_OPENAI_BASE_URL": f"http://127.0.0.1:{provider_port}/v1",
+            "PARLEY_OPENAI_API_KEY": "bench",
+        },
+        ready_url=f"http://127.0.0.1:{chat_port}/readyz",
+    )
+    gateway = ctx.processes.spawn(
+        "gateway",
+        [venv_command("parley-gateway-api")],
+        {**env, "PARLEY_HTTP_PORT": str(gateway_port), "PARLEY_CHAT_URL": f"http://127.0.0.1:{chat_port}"},
+        ready_url=f"http://127.0.0.1:{gateway_port}/readyz",
+    )
+    with redis.Redis.from_url(ctx.redis_url) as client:
+        client.set(f"{ctx.redis_prefix}quota:seeded", "1")
+    gateway_url, chat_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{chat_port}"
+    email = f"bench-{int(time.time())}@example.com"
+    with httpx.Client(base_url=gateway_url, timeout=30) as client:
+        user_id = client.post(
+            "/v1/auth/register", json={"email": email, "password": "bench password"}
+        ).json()["id"]
+        subprocess.run(
+            [venv_command("parley-gateway-admin"), "promote", email], env={**env}, check=True, timeout=60
+        )
+        token = client.post("/v1/auth/login", json={"email": email, "password": "bench password"}).json()[
+            "access_token"
+        ]
+        # Every limit on and large enough never to refuse: the work is measured, not the refusals.
+        overrides = {
+            "requests_per_minute": 100_000,
+            "tokens_per_minute": 1_000_000_000,
+            "concurrent_streams": 10_000,
+            "daily_token_quota": 10**12,
+            "monthly_token_quota": 10**13,
+        }
+        changed = client.patch(
+            f"/v1/admin/users/{user_id}",
+            json={"plan_overrides": overrides},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        changed.raise_for_status()
+        plan = client.get("/v1/me", headers={"authorization": f"Bearer {token}"}).json()["plan"]
+    internal = mint_internal_token(
+        key,
+        InternalIdentity(
+            user_id=user_id,
+            plan=PlanClaims(
+                name=plan["name"],
+                default_model=plan["default_model"],
+                allowed_models=plan["allowed_models"],
+                model_routes=plan["model_routes"],
+                cache=plan["cache"],
+            ),
+        ),
+        ttl=3600,
+    )
+    processes = {"gateway": gateway, "chat": chat}
+    results: dict[str, Any] = {"connections": CONNECTIONS, "seconds_per_run": SECONDS, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        for mode, body in (
+            ("completion", {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}),
+            (
+                "stream",
+                {
+                    "model": "gpt-4o-mini",
+                    "messages": MESSAGES,
+                    "max_tokens": 16,
+                    "stream": True,
+                    # Usage in the last chunk, as chat sends it to the gateway under x-parley-usage.
+                    "stream_options": {"include_usage": True},
+                },
+            ),
+        ):
+            for path, url, credential in (
+                ("gateway", gateway_url, token),
+                ("direct", chat_url, internal),
+            ):
+                script = wrk_script(body, credential, directory, f"{mode}-{path}")
+                measure(wrk, url + "/v1/chat/completions", script, processes, seconds=2)  # warm-up
+                results["runs"][f"{mode}_{path}"] = measure(
+                    wrk, url + "/v1/chat/completions", script, processes
+                )
+    runs = results["runs"]
+    results["summary"] = {
+        "gateway_cpu_ms_per_request": {
+            "completion": runs["completion_gateway"]["gateway_cpu_ms_per_request"],
+            "stream": runs["stream_gateway"]["gateway_cpu_ms_per_request"],
+        },
+        "requests_per_second": {name: run["requests_per_second"] for name, run in runs.items()},
+        "p50_ms": {name: run["p50_ms"] for name, run in runs.items()},
+        "p99_ms": {name: run["p99_ms"] for name, run in runs.items()},
+        "goal_under_1ms": all(
+            runs[f"{m}_gateway"]["gateway_cpu_ms_per_request"] < 1.0 for m in ("completion", "stream")
+        ),
+    }
+    ctx.notes.append(
+        "gateway_cpu_ms_per_request is the gateway process's CPU time over a run divided by the requests "
+        "served; the direct runs show the gateway idle (~0)."
+    )
+    return results

@@ -1,0 +1,250 @@
+"""Talking to the services behind the gateway: request bodies in, responses out.
+
+One pooled aiohttp client per process. Request bodies are read with a size cap and JSON bodies are
+checked for depth before anything is forwarded. Streamed replies pass through event by event; the
+usage-only chunk chat appends to every stream for the gateway is taken out unless the client asked for
+it (``stream_options.include_usage``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+from fastapi import Request
+from parley_common.errors import Problem
+from parley_common.tokens import count_text_tokens, estimate_prompt_tokens, message_text
+from yarl import URL
+
+# Headers that describe one hop (RFC 9110 §7.6.1), or that the gateway sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "date",
+        "server",
+        "x-request-id",
+    }
+)
+# Request headers a client may send through to a service (everything else stays at the gateway).
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "idempotency-key", "openai-beta")
+
+
+class UpstreamFailed(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.problem = Problem(status, code, detail)
+
+
+class Upstream:
+    """The pooled client the gateway forwards with."""
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
+            auto_decompress=False,  # bodies pass through as the service sent them
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def send(
+        self, method: str, url: str, query: str, headers: Mapping[str, str], body: bytes | None
+    ) -> aiohttp.ClientResponse:
+        target = URL(url + ("?" + query if query else ""), encoded=True)
+        try:
+            return await self.session.request(
+                method, target, headers=headers, data=body, allow_redirects=False, compress=None
+            )
+        except TimeoutError:
+            raise UpstreamFailed(504, "upstream_timeout", "The service did not answer in time.") from None
+        except aiohttp.ClientError:
+            raise UpstreamFailed(502, "upstream_unavailable", "The service is unavailable.") from None
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (checked before reading when declared)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _too_large(limit)
+        except ValueError:
+            raise Problem(400, "invalid_request_error", "Content-Length is not a number.") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "request_too_large", f"The request body exceeds {limit} bytes.")
+
+
+def parse_json(body: bytes, max_depth: int) -> Any:
+    """The decoded body; 400 when it is not JSON or nests deeper than ``max_depth``."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Problem(400, "invalid_request_error", "The request body is not valid JSON.") from None
+    if _depth_exceeds(value, max_depth):
+        raise Problem(400, "invalid_request_error", f"The request body nests deeper than {max_depth} levels.")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+# -- model calls: cost estimates and usage ------------------------------------------------------------
+
+
+def prompt_estimate(payload: dict[str, Any]) -> int:
+    """Offline estimate of the prompt tokens of a completion or conversation-message request."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        return estimate_prompt_tokens([m for m in messages if isinstance(m, dict)])
+    return estimate_prompt_tokens([{"role": "user", "content": payload.get("content", "")}])
+
+
+def output_allowance(payload: dict[str, Any], plan_cap: int) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return plan_cap
+
+
+def usage_total(usage: Any) -> int | None:
+    if not isinstance(usage, dict):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt + completion
+    return None
+
+
+def usage_of_json_body(body: bytes, prompt: int) -> int:
+    """Tokens a non-streamed reply consumed: chat's ``usage``, else an estimate from its text."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return prompt
+    if not isinstance(payload, dict):
+        return prompt
+    total = usage_total(payload.get("usage"))
+    if total is not None:
+        return total
+    text = ""
+    for choice in payload.get("choices") or ():
+        if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+            text += message_text(choice["message"].get("content"))
+    return prompt + count_text_tokens(text)
+
+
+class StreamRelay:
+    """Relays an SSE reply event by event, keeping what settlement needs.
+
+    ``usage`` is set from the usage-only chunk when it arrives; that chunk reaches the client only if
+    ``keep_usage_chunk``. When the stream ends or is cut without one, ``estimate()`` counts what was
+    generated.
+    """
+
+    def __init__(self, upstream: aiohttp.ClientResponse, keep_usage_chunk: bool) -> None:
+        self.upstream = upstream
+        self.keep_usage_chunk = keep_usage_chunk
+        self.usage: int | None = None
+        self.completed = False
+        self._events: list[bytes] = []
+
+    async def events(self) -> AsyncIterator[bytes]:
+        pending = b""
+        async for data in self.upstream.content.iter_any():
+            pending += data
+            out: list[bytes] = []
+            while True:
+                end = pending.find(b"\n\n")
+                if end < 0:
+                    break
+                event, pending = pending[: end + 2], pending[end + 2 :]
+                if b'"usage":' in event and self._take_usage(event) and not self.keep_usage_chunk:
+                    continue
+                self._events.append(event)
+                out.append(event)
+            if out:
+                yield b"".join(out)
+        if pending:
+            yield pending
+        self.completed = True
+
+    def _take_usage(self, event: bytes) -> bool:
+        """Record usage from ``event``; True when it is the usage-only chunk (no choices)."""
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                chunk = json.loads(line[5:])
+            except ValueError:
+                return False
+            if not isinstance(chunk, dict):
+                return False
+            total = usage_total(chunk.get("usage"))
+            if total is None:
+                return False
+            self.usage = total
+            return not chunk.get("choices")
+        return False
+
+    def estimate(self, prompt: int) -> int:
+        text: list[str] = []
+        for event in self._events:
+            for line in event.split(b"\n"):
+                if not line.startswith(b"data:") or line.startswith(b"data: [DONE]"):
+                    continue
+                try:
+                    chunk = json.loads(line[5:])
+                except ValueError:
+                    continue
+                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                for choice in choices if isinstance(choices, list) else ():
+                    delta = choice.get("delta") if isinstance(choice, dict) else None
+                    if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                        text.append(delta["content"])
+        return prompt + count_text_tokens("".join(text))
+
+
+def is_event_stream(upstream: aiohttp.ClientResponse) -> bool:
+    return upstream.headers.get("content-type", "").startswith("text/event-stream")

@@ -1,0 +1,1 @@
+"""Rate limits, concurrency leases and token quotas, exact across replicas (Redis) with a local fallback."""

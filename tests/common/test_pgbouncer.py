@@ -27,7 +27,9 @@ from tests.support.api import eventually
 @pytest.fixture
 def pgbouncer_url(database_url: str, processes: ProcessManager) -> Iterator[str]:
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    assert os.path.exists(binary), "pgbouncer is not installed: run `make helm-tools` (deploy/scripts/install_tools.sh)"
+    assert os.path.exists(binary), (
+        "pgbouncer is not installed: run `make helm-tools` (deploy/scripts/install_tools.sh)"
+    )
     url = make_url(database_url)
     port = free_port()
     # Not under pytest's tmp_path: its parents are private to root, and PgBouncer runs as postgres.

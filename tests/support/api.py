@@ -17,16 +17,41 @@ def new_email() -> str:
 
 
 def register_and_login(
-    gateway_url: str, email: str | None = None, password: str = "correct horse battery"
+    gateway_url: str,
+    email: str | None = None,
+    password: str = "correct horse battery",
+    *,
+    register: bool = True,
 ) -> tuple[str, str]:
-    """(user id, access token) of a new account."""
+    """(user id, access token) of a new account, or of an existing one with ``register=False``."""
     email = email or new_email()
     with httpx.Client(base_url=gateway_url, timeout=10) as client:
-        created = client.post("/v1/auth/register", json={"email": email, "password": password})
-        created.raise_for_status()
+        if register:
+            client.post("/v1/auth/register", json={"email": email, "password": password}).raise_for_status()
         login = client.post("/v1/auth/login", json={"email": email, "password": password})
         login.raise_for_status()
-        return created.json()["id"], login.json()["access_token"]
+        token = login.json()["access_token"]
+        me = client.get("/v1/me", headers={"authorization": f"Bearer {token}"})
+        me.raise_for_status()
+        return str(me.json()["id"]), token
+
+
+def promote_to_admin(env: dict[str, str], email: str) -> None:
+    """Make ``email`` an administrator with the operator CLI, as an operator would."""
+    import os
+    import subprocess
+
+    from parley_common.testing.processes import venv_command
+
+    result = subprocess.run(
+        [venv_command("parley-gateway-admin"), "promote", email],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def eventually(

@@ -88,9 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Parley's own middleware records the span, metrics and access log of every request; FastAPI's
     # native instrumentation would record them a second time, on the hot path of every forwarded call.
-    app = create_service_app(
-        service="gateway", lifespan=lifespan, openai_prefixes=OPENAI_PREFIXES, fastapi_telemetry=False
-    )
+    app = create_service_app(service="gateway", lifespan=lifespan, openai_prefixes=OPENAI_PREFIXES)
     app.state.settings = settings
     # Forwarded routes first: the router tries routes in order, and these carry nearly all the traffic.
     app.router.routes[:0] = proxy.routes()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from parley_common.auth.dependencies import Caller
+from parley_common.responses import EventStreamResponse
 
 from parley_chat.completions import CACHE_HEADER, USAGE_HEADER, CacheStatus, CompletionService
-from parley_chat.responses import EventStreamResponse
 from parley_chat.schemas import ChatCompletionRequest
 
 router = APIRouter()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from parley_common.api import SessionDep
 from parley_common.auth.dependencies import Caller
+from parley_common.responses import EventStreamResponse
 
 from parley_chat.completions import USAGE_HEADER
 from parley_chat.conversations.repository import ConversationRepository
@@ -24,7 +25,6 @@ from parley_chat.conversations.schemas import (
 )
 from parley_chat.conversations.service import ConversationService, not_found, parse_id
 from parley_chat.models import Conversation
-from parley_chat.responses import EventStreamResponse
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 

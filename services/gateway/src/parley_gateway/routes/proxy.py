@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.responses import StreamingResponse
 from parley_common.errors import Problem
+from parley_common.responses import EventStreamResponse
 from parley_common.telemetry import inject_context
 from starlette.routing import BaseRoute, Route
 
@@ -195,7 +195,7 @@ async def _model_call(request: Request, base_url: str) -> Response:
                 upstream.close()
             limiter.settle(grant, relay.usage if relay.usage is not None else relay.estimate(prompt))
 
-    return StreamingResponse(body_iterator(), status_code=upstream.status, headers=headers)
+    return EventStreamResponse(body_iterator(), status_code=upstream.status, headers=headers)
 
 
 async def _forward(request: Request, base_url: str, *, admin_only: bool = False) -> Response:
@@ -224,7 +224,7 @@ async def _relay_plain(upstream: Any, extra_headers: dict[str, str]) -> Response
             finally:
                 upstream.close()
 
-        return StreamingResponse(passthrough(), status_code=upstream.status, headers=headers)
+        return EventStreamResponse(passthrough(), status_code=upstream.status, headers=headers)
     try:
         content = await upstream.read()
     finally:

@@ -19,9 +19,12 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: AsyncIterator[bytes], headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, content: AsyncIterator[bytes], headers: Mapping[str, str] | None = None, status_code: int = 200
+    ) -> None:
         super().__init__(
             content,
+            status_code=status_code,
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})},
         )
         self._body = content

@@ -98,7 +98,7 @@ class BatchWorkerSettings(WorkerSettings):
 
     worker_batch_size: int = Field(500, ge=1, le=10_000, description="Most events written in one transaction")
     worker_batch_wait_ms: float = Field(
-        20.0, ge=0, le=5_000, description="How long the first event of a batch waits for more"
+        20.0, ge=0, le=60_000, description="How long the first event of a batch waits for more"
     )
     worker_prefetch: int | None = Field(
         None, ge=1, le=65_535, description="Unacknowledged messages per consumer (default: twice the batch)"
@@ -265,15 +265,18 @@ class BatchConsumer(Generic[E]):
             if stopping.done() or state.channel.is_closed:
                 return []
         deadline = state.buffer[0].received + self.config.max_wait
-        while len(state.buffer) < self.config.max_messages:
+        while len(state.buffer) < self.config.max_messages and not stopping.done():
             remaining = deadline - loop.time()
+            if state.channel.is_closed:
+                break
             if remaining <= 0:
                 break
             state.full.clear()
-            try:
-                await asyncio.wait_for(state.full.wait(), remaining)
-            except TimeoutError:
-                break
+            waiter = asyncio.ensure_future(state.full.wait())
+            await asyncio.wait(
+                (waiter, stopping, state.channel.closing), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiter.cancel()
         return self._take(state)
 
     def _take(self, state: _ChannelState) -> list[_Delivery]:

@@ -69,9 +69,10 @@ def add_to_outbox(database_url: str, events: Iterable[TokensConsumedV1], *, chun
                 if event is not None:
                     batch.append(event)
                 if batch and (event is None or len(batch) >= chunk):
-                    with driver.cursor() as cur, cur.copy(
-                        "COPY chat.outbox (event_id, event_type, payload) FROM STDIN"
-                    ) as copy:
+                    with (
+                        driver.cursor() as cur,
+                        cur.copy("COPY chat.outbox (event_id, event_type, payload) FROM STDIN") as copy,
+                    ):
                         for item in batch:
                             copy.write_row((str(item.id), item.type, item.model_dump_json()))
                     driver.commit()
@@ -111,10 +112,14 @@ def rows(database_url: str, sql: str, **params: Any) -> list[Any]:
 
 
 def ledger_count(database_url: str, ids: Sequence[uuid.UUID]) -> int:
-    return int(scalar(database_url, "SELECT count(*) FROM usage.ledger WHERE event_id = ANY(:ids)", ids=list(ids)))
+    return int(
+        scalar(database_url, "SELECT count(*) FROM usage.ledger WHERE event_id = ANY(:ids)", ids=list(ids))
+    )
 
 
-def wait_until(check: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+def wait_until(
+    check: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -136,11 +141,18 @@ def count_lines(process: ManagedProcess, pattern: str) -> int:
 
 def wait_for_new_line(process: ManagedProcess, pattern: str, seen: int, timeout: float = 120) -> None:
     """Wait for a line matching ``pattern`` beyond the ``seen`` ones already in the log."""
-    wait_until(lambda: count_lines(process, pattern) > seen, timeout=timeout, what=f"{process.name}: {pattern}")
+    wait_until(
+        lambda: count_lines(process, pattern) > seen, timeout=timeout, what=f"{process.name}: {pattern}"
+    )
 
 
 def start_worker(
-    processes: ProcessManager, env: dict[str, str], *, name: str = "usage-worker", concurrency: int = 2, **extra: str
+    processes: ProcessManager,
+    env: dict[str, str],
+    *,
+    name: str = "usage-worker",
+    concurrency: int = 2,
+    **extra: str,
 ) -> ManagedProcess:
     worker = processes.spawn(
         name,
@@ -158,7 +170,9 @@ def restart_worker(worker: ManagedProcess) -> None:
     wait_for_new_line(worker, r"ready\.$", seen)
 
 
-def start_relay(processes: ProcessManager, env: dict[str, str], *, name: str = "chat-relay") -> ManagedProcess:
+def start_relay(
+    processes: ProcessManager, env: dict[str, str], *, name: str = "chat-relay"
+) -> ManagedProcess:
     relay = processes.spawn(name, [venv_command("parley-chat-relay")], env)
     relay.wait_for_log("relay.started", timeout=120)
     return relay
@@ -317,7 +331,9 @@ class PrivateRabbit:
             check=False,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}"
+            )
         return result.stdout
 
     def start(self) -> None:

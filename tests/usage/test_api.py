@@ -67,7 +67,9 @@ def usage(ledger_partitions: str) -> tuple[uuid.UUID, list[TokensConsumedV1]]:
     user, other = uuid.uuid4(), uuid.uuid4()
     events = [
         usage_event(user, 1, prompt=100, completion=20, at=DAY1, model="gpt-4o"),
-        usage_event(user, 2, prompt=50, completion=10, at=DAY1, model="gpt-4o-mini", cached=True, provider="cache"),
+        usage_event(
+            user, 2, prompt=50, completion=10, at=DAY1, model="gpt-4o-mini", cached=True, provider="cache"
+        ),
         usage_event(user, 3, prompt=30, completion=30, at=DAY2, model="gpt-4o-mini", estimated=True),
         usage_event(user, 4, prompt=1, completion=2, at=DAY2, model="gpt-4o"),
     ]
@@ -77,16 +79,28 @@ def usage(ledger_partitions: str) -> tuple[uuid.UUID, list[TokensConsumedV1]]:
 
 class TestMyUsage:
     def test_per_day_and_per_model_equal_the_ledger(
-        self, client: httpx.Client, signing_key_pem: str, usage: tuple[uuid.UUID, list[TokensConsumedV1]],
+        self,
+        client: httpx.Client,
+        signing_key_pem: str,
+        usage: tuple[uuid.UUID, list[TokensConsumedV1]],
         ledger_partitions: str,
     ) -> None:
         user, _ = usage
         params = {"from": "2026-02-01", "to": "2026-02-28"}
-        by_day = client.get("/v1/usage", params={**params, "group_by": "day"}, headers=bearer(signing_key_pem, user))
+        by_day = client.get(
+            "/v1/usage", params={**params, "group_by": "day"}, headers=bearer(signing_key_pem, user)
+        )
         assert by_day.status_code == 200, by_day.text
         body = by_day.json()
-        assert (body["object"], body["user_id"], body["from"], body["to"]) == ("usage", str(user), "2026-02-01", "2026-02-28")
-        assert [(g["day"], g["prompt_tokens"], g["completion_tokens"], g["requests"]) for g in body["data"]] == [
+        assert (body["object"], body["user_id"], body["from"], body["to"]) == (
+            "usage",
+            str(user),
+            "2026-02-01",
+            "2026-02-28",
+        )
+        assert [
+            (g["day"], g["prompt_tokens"], g["completion_tokens"], g["requests"]) for g in body["data"]
+        ] == [
             ("2026-02-10", 150, 30, 2),
             ("2026-02-11", 31, 32, 2),
         ]
@@ -100,10 +114,13 @@ class TestMyUsage:
             "WHERE user_id = :u GROUP BY model ORDER BY model",
             u=user,
         )
-        by_model = client.get("/v1/usage", params={**params, "group_by": "model"}, headers=bearer(signing_key_pem, user))
-        assert [(g["model"], g["prompt_tokens"], g["completion_tokens"], g["requests"]) for g in by_model.json()["data"]] == [
-            (r.model, r.p, r.c, r.n) for r in ledger
-        ]
+        by_model = client.get(
+            "/v1/usage", params={**params, "group_by": "model"}, headers=bearer(signing_key_pem, user)
+        )
+        assert [
+            (g["model"], g["prompt_tokens"], g["completion_tokens"], g["requests"])
+            for g in by_model.json()["data"]
+        ] == [(r.model, r.p, r.c, r.n) for r in ledger]
         total = by_model.json()["total"]
         assert total["total_tokens"] == sum(r.p + r.c for r in ledger) == 243
         assert total == body["total"]
@@ -112,7 +129,11 @@ class TestMyUsage:
         self, client: httpx.Client, signing_key_pem: str, usage: tuple[uuid.UUID, list[TokensConsumedV1]]
     ) -> None:
         user, _ = usage
-        empty = client.get("/v1/usage", params={"from": "2026-03-01", "to": "2026-03-05"}, headers=bearer(signing_key_pem, user))
+        empty = client.get(
+            "/v1/usage",
+            params={"from": "2026-03-01", "to": "2026-03-05"},
+            headers=bearer(signing_key_pem, user),
+        )
         assert empty.json()["data"] == []
         assert empty.json()["total"]["requests"] == 0
         default = client.get("/v1/usage", headers=bearer(signing_key_pem, user)).json()
@@ -161,7 +182,9 @@ class TestAdminView:
         self, client: httpx.Client, signing_key_pem: str, usage: tuple[uuid.UUID, list[TokensConsumedV1]]
     ) -> None:
         user, _ = usage
-        as_user = client.get("/v1/admin/usage", params={"user_id": str(user)}, headers=bearer(signing_key_pem, user))
+        as_user = client.get(
+            "/v1/admin/usage", params={"user_id": str(user)}, headers=bearer(signing_key_pem, user)
+        )
         assert as_user.status_code == 403
         assert as_user.json()["type"].endswith("/forbidden")
         unknown = client.get(
@@ -172,12 +195,17 @@ class TestAdminView:
         assert unknown.status_code == 404
         assert unknown.json()["type"].endswith("/user_not_found")
         bad = client.get(
-            "/v1/admin/usage", params={"user_id": "nope"}, headers=bearer(signing_key_pem, uuid.uuid4(), "admin")
+            "/v1/admin/usage",
+            params={"user_id": "nope"},
+            headers=bearer(signing_key_pem, uuid.uuid4(), "admin"),
         )
         assert bad.status_code == 422
 
     def test_drift_is_for_admins(self, client: httpx.Client, signing_key_pem: str) -> None:
-        assert client.get("/v1/admin/usage/drift", headers=bearer(signing_key_pem, uuid.uuid4())).status_code == 403
+        assert (
+            client.get("/v1/admin/usage/drift", headers=bearer(signing_key_pem, uuid.uuid4())).status_code
+            == 403
+        )
         today = datetime.now(UTC).date()
         response = client.get(
             "/v1/admin/usage/drift",

@@ -86,15 +86,26 @@ def beat(
 
 class TestPartitionMaintenance:
     def test_partitions_are_kept_ahead_and_the_gauges_say_so(self, beat: Beat) -> None:
-        wait_until(lambda: count_lines(beat.process, "^job.done$") >= 4, timeout=60, what="every job once")
+        beat.process.wait_for_log(
+            lambda r: r.get("event") == "job.done" and r.get("job") == "usage.maintain_partitions", timeout=60
+        )
         assert metric(beat.metrics, "parley_usage_ledger_future_partitions") >= 3
         assert metric(beat.metrics, "parley_usage_ledger_partition_shortfall") == 0
-        assert metric(beat.metrics, "parley_usage_maintenance_last_success_timestamp_seconds", job="usage.maintain_partitions") > 0
+        assert (
+            metric(
+                beat.metrics,
+                "parley_usage_maintenance_last_success_timestamp_seconds",
+                job="usage.maintain_partitions",
+            )
+            > 0
+        )
         assert metric(beat.metrics, "parley_usage_maintenance_failures_total") == 0
 
 
 class TestQuotaCounters:
-    def test_counters_are_raised_to_the_ledger_never_lowered(self, beat: Beat, ledger_partitions: str) -> None:
+    def test_counters_are_raised_to_the_ledger_never_lowered(
+        self, beat: Beat, ledger_partitions: str
+    ) -> None:
         low, high, missing = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
         now = datetime.now(UTC)
         client = beat.client()
@@ -108,11 +119,15 @@ class TestQuotaCounters:
                 usage_event(missing, 3, prompt=1000, completion=1),
             ],
         )
-        wait_until(lambda: client.get(used_key(beat.prefix, low, "day", now)) == b"333", timeout=30, what="raised")
+        wait_until(
+            lambda: client.get(used_key(beat.prefix, low, "day", now)) == b"333", timeout=30, what="raised"
+        )
         wait_until(lambda: client.get(used_key(beat.prefix, missing, "month", now)) == b"1001", timeout=30)
         assert client.get(used_key(beat.prefix, high, "day", now)) == str(10**9).encode()
         assert client.get(used_key(beat.prefix, missing, "day", now)) == b"1001"
-        assert client.ttl(used_key(beat.prefix, missing, "day", now)) > 0  # created here: expires after its day
+        assert (
+            client.ttl(used_key(beat.prefix, missing, "day", now)) > 0
+        )  # created here: expires after its day
         assert client.exists(seeded_key(beat.prefix))
 
     def test_redis_losing_its_data_is_detected_and_the_counters_reseeded(
@@ -132,7 +147,9 @@ class TestQuotaCounters:
         assert client.get(key) is None
         wait_until(lambda: client.exists(seeded_key(beat.prefix)), timeout=30, what="the seeded marker back")
         detected_in = (datetime.now(UTC) - lost_at).total_seconds()
-        figures.append(f"Redis lost its data: counters re-seeded and marker set again within {detected_in:.1f} s")
+        figures.append(
+            f"Redis lost its data: counters re-seeded and marker set again within {detected_in:.1f} s"
+        )
         assert client.get(key) == b"555"
         assert count_lines(beat.process, "^quota.reseeded$") > seen
         assert metric(beat.metrics, "parley_usage_quota_reseeds_total") >= 1
@@ -174,7 +191,9 @@ class TestProviderDrift:
         assert "imported 2" in done.stdout
 
         labels = {"provider": provider, "day": today.isoformat()}
-        wait_until(lambda: metric(beat.metrics, "parley_usage_provider_drift_tokens", **labels) == 50, timeout=30)
+        wait_until(
+            lambda: metric(beat.metrics, "parley_usage_provider_drift_tokens", **labels) == 50, timeout=30
+        )
         assert metric(beat.metrics, "parley_usage_provider_drift_ratio", **labels) == pytest.approx(50 / 600)
 
     def test_an_openai_usage_page_is_understood_and_a_bad_file_imports_nothing(
@@ -190,10 +209,20 @@ class TestProviderDrift:
                     "start_time": start,
                     "end_time": start + 86400,
                     "results": [
-                        {"object": "organization.usage.completions.result", "model": "gpt-4o", "input_tokens": 7,
-                         "output_tokens": 3, "num_model_requests": 2},
-                        {"object": "organization.usage.completions.result", "model": "gpt-4o", "input_tokens": 1,
-                         "output_tokens": 1, "num_model_requests": 1},
+                        {
+                            "object": "organization.usage.completions.result",
+                            "model": "gpt-4o",
+                            "input_tokens": 7,
+                            "output_tokens": 3,
+                            "num_model_requests": 2,
+                        },
+                        {
+                            "object": "organization.usage.completions.result",
+                            "model": "gpt-4o",
+                            "input_tokens": 1,
+                            "output_tokens": 1,
+                            "num_model_requests": 1,
+                        },
                     ],
                 }
             ],
@@ -202,12 +231,25 @@ class TestProviderDrift:
         path.write_text(json.dumps(page))
         done = import_provider_usage(beat.env, path, "--format", "openai-usage", "--provider", provider)
         assert done.returncode == 0, done.stderr
-        got = rows(ledger_partitions, "SELECT day, model, prompt_tokens, completion_tokens, requests FROM usage.provider_usage WHERE provider = :p", p=provider)
+        got = rows(
+            ledger_partitions,
+            "SELECT day, model, prompt_tokens, completion_tokens, requests FROM usage.provider_usage WHERE provider = :p",
+            p=provider,
+        )
         assert [tuple(r) for r in got] == [(datetime(2026, 2, 3).date(), "gpt-4o", 8, 4, 3)]
 
         bad = tmp_path / "bad.csv"
-        bad.write_text(f"day,provider,model,prompt_tokens,completion_tokens\n2026-02-04,{provider},x,5,5\nnot-a-day,{provider},y,1,1\n")
+        bad.write_text(
+            f"day,provider,model,prompt_tokens,completion_tokens\n2026-02-04,{provider},x,5,5\nnot-a-day,{provider},y,1,1\n"
+        )
         failed = import_provider_usage(beat.env, bad)
         assert failed.returncode == 1
         assert "record 2" in failed.stderr
-        assert rows(ledger_partitions, "SELECT 1 FROM usage.provider_usage WHERE provider = :p AND model IN ('x', 'y')", p=provider) == []
+        assert (
+            rows(
+                ledger_partitions,
+                "SELECT 1 FROM usage.provider_usage WHERE provider = :p AND model IN ('x', 'y')",
+                p=provider,
+            )
+            == []
+        )

@@ -64,7 +64,9 @@ def chaos_db(parley_services: test_services.TestServices) -> Iterator[str]:
     drop_database(url)
 
 
-def produce(database_url: str, events: list[TokensConsumedV1], *, seconds: float, chunk: int = 250) -> threading.Thread:
+def produce(
+    database_url: str, events: list[TokensConsumedV1], *, seconds: float, chunk: int = 250
+) -> threading.Thread:
     """Commit ``events`` to chat's outbox at an even pace over ``seconds`` (a background thread)."""
 
     def run() -> None:
@@ -100,7 +102,11 @@ class TestWorkerKilled:
         chaos_db: str,
         figures: list[str],
     ) -> None:
-        env = {**platform_config.base_env(), "PARLEY_DATABASE_URL": chaos_db, "PARLEY_RABBITMQ_URL": fresh_amqp_url}
+        env = {
+            **platform_config.base_env(),
+            "PARLEY_DATABASE_URL": chaos_db,
+            "PARLEY_RABBITMQ_URL": fresh_amqp_url,
+        }
         seed = random.randrange(10**6)
         rng = random.Random(seed)
         worker = start_worker(processes, env, concurrency=2)
@@ -125,17 +131,26 @@ class TestWorkerKilled:
         os.kill(worker.pid, signal.SIGKILL)  # the main process; its children must follow by themselves
         assert worker.popen is not None
         worker.popen.wait(10)
-        wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in orphans),
-                   timeout=30, what="the orphaned consumers to exit")
+        wait_until(
+            lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in orphans),
+            timeout=30,
+            what="the orphaned consumers to exit",
+        )
         restart_worker(worker)
         producer.join(60)
 
-        wait_until(lambda: ledger_count(chaos_db, list(history.committed)) >= 10_000, timeout=180, what="10,000 rows")
-        wait_until(lambda: queue_depth(fresh_amqp_url, topology.USAGE.name) == 0, timeout=30, what="queue drained")
+        wait_until(
+            lambda: ledger_count(chaos_db, list(history.committed)) >= 10_000, timeout=180, what="10,000 rows"
+        )
+        wait_until(
+            lambda: queue_depth(fresh_amqp_url, topology.USAGE.name) == 0, timeout=30, what="queue drained"
+        )
         verdict = check(chaos_db, history)
         restarts = count_lines(worker, "^worker.child_exited$")
         figures.append(
-            verdict.describe(f"kill -9 of 3 children (seed {seed}, {restarts} restarts) then of the main process")
+            verdict.describe(
+                f"kill -9 of 3 children (seed {seed}, {restarts} restarts) then of the main process"
+            )
         )
         assert verdict.exact, verdict
         assert len(killed) == 3
@@ -214,7 +229,11 @@ def broker_outage(
     signing_key_pem: str,
     figures: list[str],
 ) -> None:
-    env = {**platform_config.base_env(), "PARLEY_DATABASE_URL": database_url, "PARLEY_RABBITMQ_URL": rabbit.url}
+    env = {
+        **platform_config.base_env(),
+        "PARLEY_DATABASE_URL": database_url,
+        "PARLEY_RABBITMQ_URL": rabbit.url,
+    }
     chat_url = start_chat(processes, env)
     start_worker(processes, env, concurrency=2)
     relay = start_relay(processes, env)
@@ -235,12 +254,17 @@ def broker_outage(
     back()
     back_at = time.monotonic()
     producer.join(60)
-    wait_until(lambda: pending(database_url) == 0, timeout=60, interval=0.1, what="every outbox row published")
+    wait_until(
+        lambda: pending(database_url) == 0, timeout=60, interval=0.1, what="every outbox row published"
+    )
     published_in = time.monotonic() - back_at
     history.add(chat_events(database_url, chat_user))
 
-    wait_until(lambda: ledger_count(database_url, list(history.committed)) >= len(history.committed),
-               timeout=180, what="every event in the ledger")
+    wait_until(
+        lambda: ledger_count(database_url, list(history.committed)) >= len(history.committed),
+        timeout=180,
+        what="every event in the ledger",
+    )
     wait_until(lambda: rabbit.queue_depths().get(topology.USAGE.name) == 0, timeout=60, what="queue drained")
     verdict = check(database_url, history)
     figures.append(
@@ -309,7 +333,11 @@ class TestDatabaseBackendsTerminated:
         chaos_db: str,
         figures: list[str],
     ) -> None:
-        env = {**platform_config.base_env(), "PARLEY_DATABASE_URL": chaos_db, "PARLEY_RABBITMQ_URL": fresh_amqp_url}
+        env = {
+            **platform_config.base_env(),
+            "PARLEY_DATABASE_URL": chaos_db,
+            "PARLEY_RABBITMQ_URL": fresh_amqp_url,
+        }
         worker = start_worker(processes, env, concurrency=2)
         start_relay(processes, env)
         history = History()
@@ -334,7 +362,10 @@ class TestDatabaseBackendsTerminated:
                     )
                 in_transaction.append(busy)
                 terminated.append(
-                    busy + execute(chaos_db, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {mine}")
+                    busy
+                    + execute(
+                        chaos_db, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {mine}"
+                    )
                 )
 
         killer = threading.Thread(target=terminate_every_2s, daemon=True)
@@ -342,7 +373,11 @@ class TestDatabaseBackendsTerminated:
         producer = produce(chaos_db, events, seconds=10)
         try:
             producer.join(60)
-            wait_until(lambda: ledger_count(chaos_db, list(history.committed)) >= 8_000, timeout=180, what="8,000 rows")
+            wait_until(
+                lambda: ledger_count(chaos_db, list(history.committed)) >= 8_000,
+                timeout=180,
+                what="8,000 rows",
+            )
         finally:
             done.set()
             killer.join(10)

@@ -34,7 +34,9 @@ def totals(database_url: str, user: uuid.UUID) -> dict[str, int]:
             u=user,
         ),
         "rollup_requests": scalar(
-            database_url, "SELECT coalesce(sum(requests), 0) FROM usage.daily_rollups WHERE user_id = :u", u=user
+            database_url,
+            "SELECT coalesce(sum(requests), 0) FROM usage.daily_rollups WHERE user_id = :u",
+            u=user,
         ),
         "rollup_tokens": scalar(
             database_url,
@@ -62,7 +64,9 @@ def announced(database_url: str, user: uuid.UUID) -> list[tuple[str, int]]:
 
 
 class TestRecordBatch:
-    async def test_redelivered_events_change_nothing(self, engine: AsyncEngine, ledger_partitions: str) -> None:
+    async def test_redelivered_events_change_nothing(
+        self, engine: AsyncEngine, ledger_partitions: str
+    ) -> None:
         user = uuid.uuid4()
         events = [usage_event(user, n) for n in range(20)]
         first = await record_batch(engine, events)
@@ -88,7 +92,9 @@ class TestRecordBatch:
             engine,
             [
                 usage_event(user, 1, prompt=100, completion=50, at=day, model="a"),
-                usage_event(user, 2, prompt=10, completion=5, at=day, model="a", cached=True, provider="cache"),
+                usage_event(
+                    user, 2, prompt=10, completion=5, at=day, model="a", cached=True, provider="cache"
+                ),
                 usage_event(user, 3, prompt=7, completion=3, at=day, model="b", estimated=True),
             ],
         )

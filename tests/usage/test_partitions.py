@@ -12,8 +12,7 @@ import pytest
 from parley_common.db.admin import drop_database
 from parley_common.db.engine import connect_args, create_async_db_engine
 from parley_common.db.migrations import registered
-from parley_common.testing import resources
-from parley_common.testing import services
+from parley_common.testing import resources, services
 from parley_usage.ledger import record_batch
 from parley_usage.partitions import PartitionPolicy, list_partitions, maintain
 from sqlalchemy import Engine, create_engine, text
@@ -96,7 +95,10 @@ class TestDefaultPartition:
         assert placement(ledger_partitions, future.id) == ["usage.ledger_20310501"]
         write(ledger_partitions, [future])  # redelivered after the move
         assert placement(ledger_partitions, future.id) == ["usage.ledger_20310501"]
-        assert scalar(ledger_partitions, "SELECT requests FROM usage.daily_rollups WHERE user_id = :u", u=user) == 1
+        assert (
+            scalar(ledger_partitions, "SELECT requests FROM usage.daily_rollups WHERE user_id = :u", u=user)
+            == 1
+        )
 
     def test_future_partitions_are_kept_ahead_and_reported(self, sync_engine: Engine) -> None:
         report = maintain(sync_engine, PartitionPolicy(ahead=3))
@@ -112,7 +114,11 @@ class TestRetention:
     def test_partitions_past_retention_are_detached_but_kept_as_tables(
         self, sync_engine: Engine, ledger_partitions: str
     ) -> None:
-        maintain(sync_engine, PartitionPolicy(ahead=0, retention_days=100_000), now=datetime(2020, 3, 5, tzinfo=UTC))
+        maintain(
+            sync_engine,
+            PartitionPolicy(ahead=0, retention_days=100_000),
+            now=datetime(2020, 3, 5, tzinfo=UTC),
+        )
         user = uuid.uuid4()
         old = usage_event(user, 1, at=datetime(2020, 3, 9, tzinfo=UTC))
         write(ledger_partitions, [old])
@@ -121,7 +127,9 @@ class TestRetention:
         report = maintain(sync_engine, PartitionPolicy(retention_days=400))
         assert "ledger_20200301" in report.detached
         assert placement(ledger_partitions, old.id) == []  # no longer part of the ledger
-        kept = scalar(ledger_partitions, "SELECT count(*) FROM usage.ledger_20200301 WHERE event_id = :e", e=old.id)
+        kept = scalar(
+            ledger_partitions, "SELECT count(*) FROM usage.ledger_20200301 WHERE event_id = :e", e=old.id
+        )
         assert kept == 1
 
 
@@ -156,7 +164,9 @@ class TestLockTimeouts:
         assert report.created == ["ledger_20410701"]
         assert report.lock_timeouts >= 1
 
-    def test_without_retries_a_lock_timeout_fails_cleanly(self, sync_engine: Engine, ledger_partitions: str) -> None:
+    def test_without_retries_a_lock_timeout_fails_cleanly(
+        self, sync_engine: Engine, ledger_partitions: str
+    ) -> None:
         release = threading.Event()
         holding = threading.Event()
 
@@ -196,7 +206,9 @@ class TestDayPartitions:
     ) -> None:
         engine = create_engine(day_partitioned_database, connect_args=connect_args("tests.partitions"))
         try:
-            report = maintain(engine, PartitionPolicy(interval="day", ahead=2), now=datetime(2026, 3, 9, 8, tzinfo=UTC))
+            report = maintain(
+                engine, PartitionPolicy(interval="day", ahead=2), now=datetime(2026, 3, 9, 8, tzinfo=UTC)
+            )
         finally:
             engine.dispose()
         assert report.created == ["ledger_20260309", "ledger_20260310", "ledger_20260311"]

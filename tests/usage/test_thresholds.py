@@ -12,7 +12,15 @@ from parley_common.messaging import topology
 from parley_common.messaging.celery_protocol import event_message
 from parley_common.testing.processes import ProcessManager, venv_command
 
-from tests.usage.support import drain_queue, ledger_count, publish, rows, start_worker, usage_event, wait_until
+from tests.usage.support import (
+    drain_queue,
+    ledger_count,
+    publish,
+    rows,
+    start_worker,
+    usage_event,
+    wait_until,
+)
 
 
 class TestThresholdEvents:
@@ -25,7 +33,9 @@ class TestThresholdEvents:
         relay.wait_for_log("relay.connected", timeout=120)
         user = uuid.uuid4()
         quota = {"daily_token_quota": 10_000, "monthly_token_quota": 1_000_000, "plan": "free"}
-        events = [usage_event(user, n, prompt=100, completion=0, **quota) for n in range(120)]  # 12,000 tokens
+        events = [
+            usage_event(user, n, prompt=100, completion=0, **quota) for n in range(120)
+        ]  # 12,000 tokens
         # Every event delivered twice, in a shuffled order, to two consumers taking small batches.
         deliveries = [*events, *events]
         random.Random(5).shuffle(deliveries)
@@ -33,13 +43,17 @@ class TestThresholdEvents:
 
         wait_until(lambda: ledger_count(ledger_partitions, [e.id for e in events]) == 120, timeout=60)
         announced = wait_until(
-            lambda: (r := rows(
-                ledger_partitions,
-                "SELECT event_id, published_at FROM usage.outbox WHERE payload->>'user_id' = :u",
-                u=str(user),
-            ))
-            and all(x.published_at for x in r)
-            and r,
+            lambda: (
+                (
+                    r := rows(
+                        ledger_partitions,
+                        "SELECT event_id, published_at FROM usage.outbox WHERE payload->>'user_id' = :u",
+                        u=str(user),
+                    )
+                )
+                and all(x.published_at for x in r)
+                and r
+            ),
             timeout=60,
             what="the threshold events published",
         )
@@ -49,12 +63,16 @@ class TestThresholdEvents:
             QuotaThresholdCrossedV1.model_validate(json.loads(m.body)[1]["event"])
             for m in drain_queue(url, topology.NOTIFY.name)
         ]
-        figures.append(f"240 deliveries of 120 events crossing 80 % and 100 %: {len(received)} threshold events")
+        figures.append(
+            f"240 deliveries of 120 events crossing 80 % and 100 %: {len(received)} threshold events"
+        )
         assert sorted((e.period, e.threshold_percent) for e in received) == [("day", 80), ("day", 100)]
         assert len({e.id for e in received}) == 2
         eighty = next(e for e in received if e.threshold_percent == 80)
         assert eighty.user_id == user
         assert eighty.quota_tokens == 10_000
-        assert 8_000 <= eighty.used_tokens < 10_000 + 7 * 100  # the batch that reached it, at most 7 events over
+        assert (
+            8_000 <= eighty.used_tokens < 10_000 + 7 * 100
+        )  # the batch that reached it, at most 7 events over
         assert eighty.plan == "free"
         assert len(drain_queue(url, topology.WEBHOOKS.name)) == 2

@@ -42,18 +42,28 @@ class TestFromOutboxToLedger:
         history = History()
         history.add(events)
         add_to_outbox(ledger_partitions, events)
-        wait_until(lambda: ledger_count(ledger_partitions, list(history.committed)) == 300, timeout=60, what="300 rows")
+        wait_until(
+            lambda: ledger_count(ledger_partitions, list(history.committed)) == 300,
+            timeout=60,
+            what="300 rows",
+        )
 
         # A relay that died after the broker's confirm and before its commit publishes again.
         republished = [e.id for e in events[:40]]
         assert (
-            execute(ledger_partitions, "UPDATE chat.outbox SET published_at = NULL WHERE event_id = ANY(:ids)", ids=republished)
+            execute(
+                ledger_partitions,
+                "UPDATE chat.outbox SET published_at = NULL WHERE event_id = ANY(:ids)",
+                ids=republished,
+            )
             == 40
         )
         wait_until(
             lambda: count_lines(worker, "^ledger.duplicate_ignored$") > 0, timeout=60, what="duplicates seen"
         )
-        wait_until(lambda: queue_depth(usage_env["PARLEY_RABBITMQ_URL"], topology.USAGE.name) == 0, timeout=30)
+        wait_until(
+            lambda: queue_depth(usage_env["PARLEY_RABBITMQ_URL"], topology.USAGE.name) == 0, timeout=30
+        )
         verdict = check(ledger_partitions, history)
         figures.append(verdict.describe("republished 40 of 300"))
         assert verdict.exact, verdict
@@ -75,10 +85,19 @@ class TestDeadLetters:
         user = uuid.uuid4()
         good = [usage_event(user, n) for n in range(200)]
         poison = usage_event(user, 999, model="m" * 300)  # a valid event; the column holds 200 characters
-        publish(url, [event_message(e) for e in good[:100]] + [event_message(poison)] + [event_message(e) for e in good[100:]])
+        publish(
+            url,
+            [event_message(e) for e in good[:100]]
+            + [event_message(poison)]
+            + [event_message(e) for e in good[100:]],
+        )
 
-        wait_until(lambda: ledger_count(ledger_partitions, [e.id for e in good]) == 200, timeout=60, what="good rows")
-        dead = wait_until(lambda: drain_queue(url, topology.USAGE.dead_letter_queue), timeout=60, what="a dead letter")
+        wait_until(
+            lambda: ledger_count(ledger_partitions, [e.id for e in good]) == 200, timeout=60, what="good rows"
+        )
+        dead = wait_until(
+            lambda: drain_queue(url, topology.USAGE.dead_letter_queue), timeout=60, what="a dead letter"
+        )
         assert [m.headers["id"] for m in dead] == [str(poison.id)]
         assert death_reason(dead[0]) == "delivery_limit"
         assert ledger_count(ledger_partitions, [poison.id]) == 0
@@ -95,7 +114,14 @@ class TestDeadLetters:
         invalid = build_task_message(
             "usage.tokens_consumed.v1",
             invalid_id,
-            {"event": {"id": invalid_id, "type": "usage.tokens_consumed.v1", "source": "t", "prompt_tokens": -1}},
+            {
+                "event": {
+                    "id": invalid_id,
+                    "type": "usage.tokens_consumed.v1",
+                    "source": "t",
+                    "prompt_tokens": -1,
+                }
+            },
         )
         garbage = build_task_message("usage.tokens_consumed.v1", garbage_id, {})
         garbage = type(garbage)(**{**garbage.__dict__, "body": b"\x00not json{"})
@@ -104,7 +130,10 @@ class TestDeadLetters:
 
         wait_until(lambda: ledger_count(ledger_partitions, [valid.id]) == 1, timeout=60, what="the valid row")
         dead: list = []  # type: ignore[type-arg]
-        wait_until(lambda: dead.extend(drain_queue(url, topology.USAGE.dead_letter_queue)) or len(dead) >= 2, timeout=30)
+        wait_until(
+            lambda: dead.extend(drain_queue(url, topology.USAGE.dead_letter_queue)) or len(dead) >= 2,
+            timeout=30,
+        )
         assert sorted(m.headers["id"] for m in dead) == sorted([invalid_id, garbage_id])
         assert {death_reason(m) for m in dead} == {"rejected"}
 
@@ -121,7 +150,9 @@ class TestDeadLetters:
         )
         event = usage_event(uuid.uuid4(), 1)
         publish(url, [event_message(event)])
-        dead = wait_until(lambda: drain_queue(url, topology.USAGE.dead_letter_queue), timeout=90, what="a dead letter")
+        dead = wait_until(
+            lambda: drain_queue(url, topology.USAGE.dead_letter_queue), timeout=90, what="a dead letter"
+        )
         assert [m.headers["id"] for m in dead] == [str(event.id)]
         assert death_reason(dead[0]) == "delivery_limit"
         assert count_lines(worker, "^batch.retrying$") >= topology.USAGE.delivery_limit + 1
@@ -140,6 +171,7 @@ class TestStopping:
         wait_until(lambda: queue_depth(url, topology.USAGE.name) == 0, timeout=30, what="all delivered")
         assert ledger_count(ledger_partitions, [e.id for e in events]) == 0
         worker.stop(timeout=30)
-        assert worker.popen is not None and worker.popen.returncode == 0
+        assert worker.popen is not None
+        assert worker.popen.returncode == 0
         assert ledger_count(ledger_partitions, [e.id for e in events]) == 25
         assert queue_depth(url, topology.USAGE.name) == 0

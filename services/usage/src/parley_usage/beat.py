@@ -76,12 +76,14 @@ def create_app(settings: Settings) -> Celery:
             started = time.perf_counter()
             try:
                 result = body()
-            except Exception as exc:  # noqa: BLE001 - the next tick retries; the failure is counted
+            except Exception as exc:
                 MAINTENANCE_FAILURES.labels(name).inc()
                 log.exception("job.failed", job=name, error=type(exc).__name__)
                 return
             MAINTENANCE_LAST_SUCCESS.labels(name).set_to_current_time()
-            log.info("job.done", job=name, seconds=round(time.perf_counter() - started, 3), result=repr(result))
+            log.info(
+                "job.done", job=name, seconds=round(time.perf_counter() - started, 3), result=repr(result)
+            )
 
     job("usage.maintain_partitions", lambda: partitions.maintain(engine(), policy(settings)))
     job("usage.check_quota_seed", lambda: quotas.ensure_seeded(engine(), redis(), settings.redis_key_prefix))
@@ -91,7 +93,7 @@ def create_app(settings: Settings) -> Celery:
     )
     job("usage.measure_drift", lambda: drift.measure_drift(engine(), settings.usage_drift_lookback_days))
 
-    @signals.worker_ready.connect(weak=False)
+    @signals.worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def _run_everything_once(**_: Any) -> None:
         for name in JOBS:
             app.send_task(name, **_route(name, 60.0))

@@ -119,7 +119,10 @@ def import_rows(conn: Connection, rows: Iterable[ProviderUsageRow], source: str)
 
 def parse_csv(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     for record in csv.DictReader(lines):
-        yield {key.strip(): (value.strip() if value is not None else None) or None for key, value in record.items()}
+        yield {
+            key.strip(): (value.strip() if value is not None else None) or None
+            for key, value in record.items()
+        }
 
 
 def parse_openai_usage(document: dict[str, Any], provider: str) -> Iterator[dict[str, Any]]:

@@ -85,7 +85,9 @@ def ledger_totals(engine: Engine, period: Period, at: datetime) -> list[tuple[uu
     return [(row.user_id, int(row.tokens)) for row in rows]
 
 
-def reconcile(engine: Engine, client: redis.Redis, prefix: str, *, now: datetime | None = None) -> ReconcileReport:
+def reconcile(
+    engine: Engine, client: redis.Redis, prefix: str, *, now: datetime | None = None
+) -> ReconcileReport:
     """Raise every counter of the current day and month to the ledger's total where it is lower."""
     now = now or datetime.now(UTC)
     script = client.register_script(_RAISE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from uuid import UUID
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_usage.models import DailyRollup
@@ -44,17 +44,24 @@ class UsageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    def _range(self, statement: Select[tuple[object, ...]], user_id: UUID, start: date, end: date) -> Select[tuple[object, ...]]:
-        return statement.where(DailyRollup.user_id == user_id, DailyRollup.day >= start, DailyRollup.day <= end)
+    @staticmethod
+    def _in_range(user_id: UUID, start: date, end: date) -> tuple[ColumnElement[bool], ...]:
+        return (DailyRollup.user_id == user_id, DailyRollup.day >= start, DailyRollup.day <= end)
 
     async def groups(self, user_id: UUID, start: date, end: date, group_by: GroupBy) -> list[UsageGroup]:
         key = DailyRollup.day if group_by == "day" else DailyRollup.model
-        statement = self._range(select(key.label("key"), *_SUMS), user_id, start, end).group_by(key).order_by(key)
+        statement = (
+            select(key.label("key"), *_SUMS)
+            .where(*self._in_range(user_id, start, end))
+            .group_by(key)
+            .order_by(key)
+        )
         rows = (await self.session.execute(statement)).all()
         return [UsageGroup(**{group_by: row.key}, **_figures(row)) for row in rows]
 
     async def total(self, user_id: UUID, start: date, end: date) -> UsageFigures:
-        row = (await self.session.execute(self._range(select(*_SUMS), user_id, start, end))).one()
+        statement = select(*_SUMS).where(*self._in_range(user_id, start, end))
+        row = (await self.session.execute(statement)).one()
         return UsageFigures(**_figures(row))
 
     async def has_usage(self, user_id: UUID) -> bool:

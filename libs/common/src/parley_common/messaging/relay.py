@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -35,7 +35,7 @@ from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
-from sqlalchemy import Table, Text, cast, func, select, update
+from sqlalchemy import Table, Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley_common.logs import get_logger
@@ -80,7 +80,7 @@ class OutboxRelay:
         self.service = service
         self.config = config or RelayConfig()
         self._connection: AbstractConnection | None = None
-        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._channel: aiormq.Channel | None = None
 
     @property
     def connected(self) -> bool:
@@ -95,7 +95,7 @@ class OutboxRelay:
         self._connection = connection
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await topology.declare(channel)
-        self._channel = await channel.get_underlay_channel()
+        self._channel = cast(aiormq.Channel, await channel.get_underlay_channel())
 
     async def close(self) -> None:
         """Close the connection (unconfirmed publishes fail; their rows stay pending)."""
@@ -176,7 +176,7 @@ class OutboxRelay:
             t.c.event_id,
             t.c.event_type,
             t.c.attempts,
-            cast(t.c.payload, Text).label("payload_json"),
+            t.c.payload.cast(Text).label("payload_json"),
             t.c.payload["traceparent"].astext.label("traceparent"),
             t.c.payload["source"].astext.label("source"),
         ).join(claimed, claimed.c.id == t.c.id)
@@ -265,7 +265,7 @@ class OutboxRelay:
 
 
 async def _enqueue_publishes(
-    channel: aiormq.abc.AbstractChannel, messages: Sequence[TaskMessage]
+    channel: aiormq.Channel, messages: Sequence[TaskMessage]
 ) -> list[asyncio.Future[Any]]:
     """Hand a whole batch of persistent, mandatory publishes to the connection's writer in one piece.
 
@@ -279,13 +279,13 @@ async def _enqueue_publishes(
     futures: list[asyncio.Future[Any]] = []
     frames: list[Any] = []
     async with channel.lock:
-        max_size: int = channel.max_content_size  # type: ignore[attr-defined]
+        max_size: int = channel.max_content_size
         for msg in messages:
-            channel.delivery_tag += 1  # type: ignore[attr-defined]
-            tag: int = channel.delivery_tag  # type: ignore[attr-defined]
+            channel.delivery_tag += 1
+            tag: int = channel.delivery_tag
             future = channel.create_future()
             channel.confirmations[tag] = future
-            channel.message_id_delivery_tag[msg.message_id] = tag  # type: ignore[attr-defined]
+            channel.message_id_delivery_tag[msg.message_id] = tag
             future.add_done_callback(partial(_forget_message_id, channel, msg.message_id, tag))
             futures.append(future)
             properties = Basic.Properties(
@@ -305,8 +305,8 @@ async def _enqueue_publishes(
     return futures
 
 
-def _forget_message_id(channel: aiormq.abc.AbstractChannel, message_id: str, tag: int, _: Any) -> None:
-    mapping: dict[str, int] = channel.message_id_delivery_tag  # type: ignore[attr-defined]
+def _forget_message_id(channel: aiormq.Channel, message_id: str, tag: int, _: Any) -> None:
+    mapping: dict[str, int] = channel.message_id_delivery_tag
     if mapping.get(message_id) == tag:
         mapping.pop(message_id, None)
 

@@ -33,13 +33,13 @@ def _range(start: date | None, end: date | None) -> tuple[date, date]:
     if start > end:
         raise Problem(422, "invalid_range", "`from` must not be after `to`.", param="from")
     if end - start >= timedelta(days=MAX_RANGE_DAYS):
-        raise Problem(
-            422, "range_too_long", f"A range covers at most {MAX_RANGE_DAYS} days.", param="to"
-        )
+        raise Problem(422, "range_too_long", f"A range covers at most {MAX_RANGE_DAYS} days.", param="to")
     return start, end
 
 
-async def _report(session: SessionDep, user_id: UUID, start: date, end: date, group_by: GroupBy) -> UsageReport:
+async def _report(
+    session: SessionDep, user_id: UUID, start: date, end: date, group_by: GroupBy
+) -> UsageReport:
     usage = UsageRepository(session)
     return UsageReport(
         user_id=user_id,

@@ -30,7 +30,10 @@ cat >> "$procfile" <<'PROCS'
 gateway: parley-gateway-api
 chat: parley-chat-api
 chat-relay: parley-chat-relay
-usage-worker: parley-usage-worker
+usage-worker: env PARLEY_METRICS_PORT=9102 parley-usage-worker
+usage-beat: env PARLEY_METRICS_PORT=9103 parley-usage-beat
+usage-relay: parley-usage-relay
+usage-api: parley-usage-api
 ready: python scripts/banner.py
 PROCS
 

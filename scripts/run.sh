@@ -32,7 +32,7 @@ chat: parley-chat-api
 chat-relay: parley-chat-relay
 usage-worker: env PARLEY_METRICS_PORT=9102 parley-usage-worker
 usage-beat: env PARLEY_METRICS_PORT=9103 parley-usage-beat
-usage-relay: parley-usage-relay
+usage-relay: env PARLEY_METRICS_PORT=9104 parley-usage-relay
 usage-api: parley-usage-api
 ready: python scripts/banner.py
 PROCS

@@ -10,11 +10,13 @@ import uuid
 from parley_common.events import QuotaThresholdCrossedV1
 from parley_common.messaging import topology
 from parley_common.messaging.celery_protocol import event_message
+from parley_common.testing.net import free_port
 from parley_common.testing.processes import ProcessManager, venv_command
 
 from tests.usage.support import (
     drain_queue,
     ledger_count,
+    metric,
     publish,
     rows,
     start_worker,
@@ -29,7 +31,12 @@ class TestThresholdEvents:
     ) -> None:
         url = usage_env["PARLEY_RABBITMQ_URL"]
         start_worker(processes, usage_env, concurrency=2, PARLEY_WORKER_BATCH_SIZE="7")
-        relay = processes.spawn("usage-relay", [venv_command("parley-usage-relay")], usage_env)
+        relay_metrics = free_port()
+        relay = processes.spawn(
+            "usage-relay",
+            [venv_command("parley-usage-relay")],
+            {**usage_env, "PARLEY_METRICS_PORT": str(relay_metrics)},
+        )
         relay.wait_for_log("relay.connected", timeout=120)
         user = uuid.uuid4()
         quota = {"daily_token_quota": 10_000, "monthly_token_quota": 1_000_000, "plan": "free"}
@@ -76,3 +83,7 @@ class TestThresholdEvents:
         )  # the batch that reached it, at most 7 events over
         assert eighty.plan == "free"
         assert len(drain_queue(url, topology.WEBHOOKS.name)) == 2
+        published = metric(
+            f"http://127.0.0.1:{relay_metrics}/metrics", "parley_outbox_published_total", service="usage"
+        )
+        assert published == 2

@@ -322,7 +322,8 @@ def run_relay_process(service: str, settings: Any, table: Table, config: RelayCo
     """The body of a ``parley-<service>-relay`` process: relay until SIGTERM/SIGINT.
 
     ``settings`` must carry the database, RabbitMQ and process settings (``DatabaseSettings``,
-    ``RabbitSettings``, ``ParleySettings``).
+    ``RabbitSettings``, ``ParleySettings``); when it also has a ``metrics_port`` that is set, the relay
+    serves ``/metrics`` there (published and refused counts).
     """
     import signal
 
@@ -331,6 +332,11 @@ def run_relay_process(service: str, settings: Any, table: Table, config: RelayCo
 
     init_process(service, "relay", settings)
     config = config or RelayConfig()
+    metrics_port = getattr(settings, "metrics_port", None)
+    if metrics_port:
+        from parley_common.metrics import serve_metrics
+
+        serve_metrics(metrics_port)
 
     async def main() -> None:
         engine = create_async_db_engine(

@@ -220,3 +220,21 @@ class TestDayPartitions:
         write(day_partitioned_database, [late])
         assert placement(day_partitioned_database, late.id) == ["usage.ledger_20260309"]
         assert placement(day_partitioned_database, early.id) == ["usage.ledger_20260310"]
+
+
+class TestShortfallGauge:
+    def test_fewer_than_two_future_partitions_raise_the_alert_gauge(self, day_partitioned_database: str) -> None:
+        from prometheus_client import REGISTRY
+
+        engine = create_engine(day_partitioned_database, connect_args=connect_args("tests.partitions"))
+        try:
+            now = datetime(2027, 6, 1, 12, tzinfo=UTC)
+            short = maintain(engine, PartitionPolicy(ahead=1), now=now)
+            assert short.future == 1
+            assert REGISTRY.get_sample_value("parley_usage_ledger_partition_shortfall") == 1
+            assert REGISTRY.get_sample_value("parley_usage_ledger_future_partitions") == 1
+            enough = maintain(engine, PartitionPolicy(ahead=2), now=now)
+            assert enough.created == ["ledger_20270801"]
+            assert REGISTRY.get_sample_value("parley_usage_ledger_partition_shortfall") == 0
+        finally:
+            engine.dispose()

@@ -223,7 +223,9 @@ class TestDayPartitions:
 
 
 class TestShortfallGauge:
-    def test_fewer_than_two_future_partitions_raise_the_alert_gauge(self, day_partitioned_database: str) -> None:
+    def test_fewer_than_two_future_partitions_raise_the_alert_gauge(
+        self, day_partitioned_database: str
+    ) -> None:
         from prometheus_client import REGISTRY
 
         engine = create_engine(day_partitioned_database, connect_args=connect_args("tests.partitions"))

@@ -47,6 +47,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from parley_common.events import Event
 from parley_common.logs import get_logger
 from parley_common.messaging import topology
+from parley_common.messaging.celery_protocol import event_json
 from parley_common.messaging.worker import WorkerSettings
 from parley_common.metrics import EVENTS_HANDLED
 from parley_common.telemetry import tracer
@@ -298,6 +299,12 @@ class BatchConsumer(Generic[E]):
         task = headers.get("task")
         if task != self.type_name:
             raise InvalidMessage(f"unexpected task {str(task)[:100]!r}")
+        inner = event_json(message.body)
+        if inner is not None:
+            try:
+                return self.event_cls.model_validate_json(inner)
+            except ValidationError:
+                pass  # not the usual shape after all: validate the whole body below
         try:
             return self._body.validate_json(message.body)[1].event
         except ValidationError as exc:

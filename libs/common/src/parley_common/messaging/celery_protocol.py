@@ -88,6 +88,24 @@ def payload_message(event_type: str, event_id: str, payload: dict[str, Any]) -> 
     )
 
 
+# A body built here (and by Celery's own JSON publisher with compact separators) is exactly
+# BODY_PREFIX + <event JSON> + BODY_SUFFIX, which lets a consumer validate the event without parsing the
+# envelope around it (see :func:`event_json`).
+BODY_PREFIX = b'[[],{"event":'
+BODY_SUFFIX = b"}," + _EMBED_JSON + b"]"
+
+
+def event_json(body: bytes) -> bytes | None:
+    """The event's JSON inside a protocol-2 body of the usual shape, or None for any other shape.
+
+    Safe to trust only together with a JSON parser: if the slice parses as one JSON value, the body was
+    exactly ``[[], {"event": <that value>}, <embed>]``.
+    """
+    if body.startswith(BODY_PREFIX) and body.endswith(BODY_SUFFIX):
+        return body[len(BODY_PREFIX) : -len(BODY_SUFFIX)]
+    return None
+
+
 def raw_payload_message(
     event_type: str, event_id: str, payload_json: str, *, traceparent: str | None, source: str | None
 ) -> TaskMessage:
@@ -96,7 +114,7 @@ def raw_payload_message(
     The relay reads ``payload::text`` so a row goes from the database to the wire without being parsed
     and serialised again; the body is the same protocol-2 body, byte for byte valid JSON.
     """
-    body = b'[[],{"event":' + payload_json.encode() + b"}," + _EMBED_JSON + b"]"
+    body = BODY_PREFIX + payload_json.encode() + BODY_SUFFIX
     return TaskMessage(
         body=body,
         headers=_headers(event_type, event_id, traceparent, source or "parley"),

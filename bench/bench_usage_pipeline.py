@@ -18,6 +18,7 @@ ledger is then checked: one row per event id, token sums exact, rollups equal to
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from bench.context import BenchContext
 N = 20_000
 USERS = 2_000
 INSERT_CHUNK = 500
-WORKERS = 2  # consumer processes of parley-usage-worker (PARLEY_WORKER_CONCURRENCY)
+WORKERS = int(os.environ.get("BENCH_USAGE_WORKERS", "2"))  # consumer processes (PARLEY_WORKER_CONCURRENCY)
 
 PENDING = "SELECT count(*) FROM chat.outbox WHERE published_at IS NULL"
 LEDGER = "SELECT count(*) FROM usage.ledger"

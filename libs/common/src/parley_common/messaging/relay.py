@@ -35,7 +35,9 @@ from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
-from sqlalchemy import Table, Text, func, select, update
+from sqlalchemy import BigInteger, Table, Text, any_, func, select, update
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley_common.logs import get_logger
@@ -59,7 +61,7 @@ class RelayConfig:
     publish_timeout: float = 10.0  # for a whole batch's confirms
     max_reconnect_delay: float = 2.0
     purge_after: timedelta = timedelta(days=3)  # published rows kept this long (audit, debugging)
-    concurrency: int = 2  # claim-and-publish loops per process, each holding one database connection
+    concurrency: int = 4  # claim-and-publish loops per process, each holding one database connection
 
 
 class OutboxRelay:
@@ -187,7 +189,11 @@ class OutboxRelay:
             outcomes = await self._publish_all(rows)
             confirmed = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
             if confirmed:
-                await conn.execute(update(t).where(t.c.id.in_(confirmed)).values(published_at=func.now()))
+                await conn.execute(
+                    update(t)
+                    .where(t.c.id == any_(sql_cast(confirmed, ARRAY(BigInteger))))
+                    .values(published_at=func.now())
+                )
                 OUTBOX_PUBLISHED.labels(self.service).inc(len(confirmed))
             await self._record_failures(conn, rows, outcomes)
         if len(confirmed) < len(rows) and any(isinstance(o, BrokerUnavailable) for o in outcomes):

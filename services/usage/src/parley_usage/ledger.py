@@ -48,8 +48,11 @@ _FIELDS = {
     "monthly_token_quota",
 }
 
+# The quota of each period is the one the latest event of the batch in that period carried. Whitespace
+# is collapsed so the statement stays under psycopg's 4 kB limit for caching its parsed form.
 _RECORD = text(
-    f"""
+    " ".join(
+        f"""
     WITH incoming AS (
         SELECT * FROM json_to_recordset(CAST(:events AS json)) AS t(
             id uuid, time timestamptz, user_id uuid, request_id text, model text, provider text,
@@ -108,7 +111,6 @@ _RECORD = text(
         RETURNING user_id, period, period_start, tokens
     ),
     quotas AS (
-        -- The quota of each period as the latest event of the batch in that period saw it.
         SELECT DISTINCT ON (user_id, period, period_start) user_id, period, period_start, quota, plan
         FROM (
             SELECT user_id, 'day' AS period, (time AT TIME ZONE 'UTC')::date AS period_start,
@@ -130,7 +132,8 @@ _RECORD = text(
     )
     SELECT (SELECT count(*) FROM inserted) AS inserted,
            (SELECT coalesce(json_agg(reached), '[]'::json) FROM reached) AS reached
-    """
+    """.split()
+    )
 )
 
 

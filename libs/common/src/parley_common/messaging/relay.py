@@ -56,7 +56,9 @@ class BrokerUnavailable(Exception):
 class RelayConfig:
     """How a relay claims, publishes and recovers."""
 
-    batch_size: int = 500
+    # Four loops of 250: while some wait for confirms others claim and publish, and no more than a
+    # thousand confirms are pending at once (aiormq's ack handling costs more the more are pending).
+    batch_size: int = 250
     idle_poll: float = 0.05  # seconds between polls when the outbox is empty
     publish_timeout: float = 10.0  # for a whole batch's confirms
     max_reconnect_delay: float = 2.0

@@ -55,7 +55,7 @@ class TestMonthBoundary:
     def test_last_and_first_millisecond_land_in_their_own_months_and_days(
         self, sync_engine: Engine, ledger_partitions: str
     ) -> None:
-        maintain(sync_engine, PartitionPolicy(), now=datetime(2026, 1, 15, tzinfo=UTC))
+        maintain(sync_engine, PartitionPolicy(retention_days=100_000), now=datetime(2026, 1, 15, tzinfo=UTC))
         user = uuid.uuid4()
         late = usage_event(user, 1, at=datetime(2026, 1, 31, 23, 59, 59, 999000, tzinfo=UTC))
         early = usage_event(user, 2, at=datetime(2026, 2, 1, 0, 0, 0, 0, tzinfo=UTC))
@@ -111,6 +111,24 @@ class TestDefaultPartition:
 
 
 class TestRetention:
+    def test_a_detached_partition_whose_period_is_wanted_again_is_attached_again(
+        self, sync_engine: Engine, ledger_partitions: str
+    ) -> None:
+        far = PartitionPolicy(ahead=0, retention_days=100_000)
+        maintain(sync_engine, far, now=datetime(2019, 6, 5, tzinfo=UTC))
+        user = uuid.uuid4()
+        kept = usage_event(user, 1, at=datetime(2019, 6, 7, tzinfo=UTC))
+        write(ledger_partitions, [kept])
+        assert "ledger_20190601" in maintain(sync_engine, PartitionPolicy(retention_days=400)).detached
+        late = usage_event(user, 2, at=datetime(2019, 6, 8, tzinfo=UTC))
+        write(ledger_partitions, [late])  # no partition for June 2019 any more: the default one keeps it
+        assert placement(ledger_partitions, late.id) == ["usage.ledger_default"]
+
+        report = maintain(sync_engine, far, now=datetime(2019, 6, 20, tzinfo=UTC))
+        assert "ledger_20190601" in report.created
+        assert placement(ledger_partitions, kept.id) == ["usage.ledger_20190601"]
+        assert placement(ledger_partitions, late.id) == ["usage.ledger_20190601"]
+
     def test_partitions_past_retention_are_detached_but_kept_as_tables(
         self, sync_engine: Engine, ledger_partitions: str
     ) -> None:
@@ -155,7 +173,8 @@ class TestLockTimeouts:
         try:
             report = maintain(
                 sync_engine,
-                PartitionPolicy(ahead=0, lock_timeout_ms=200, retries=20),
+                # A far-away "now" with a retention that detaches nothing of the shared test ledger.
+                PartitionPolicy(ahead=0, lock_timeout_ms=200, retries=20, retention_days=100_000),
                 now=datetime(2041, 7, 3, tzinfo=UTC),
             )
         finally:
@@ -183,7 +202,7 @@ class TestLockTimeouts:
             with pytest.raises(OperationalError):
                 maintain(
                     sync_engine,
-                    PartitionPolicy(ahead=0, lock_timeout_ms=100, retries=0),
+                    PartitionPolicy(ahead=0, lock_timeout_ms=100, retries=0, retention_days=100_000),
                     now=datetime(2043, 2, 3, tzinfo=UTC),
                 )
         finally:

@@ -177,10 +177,20 @@ def maintain_sync(database_url: str, policy: PartitionPolicy) -> MaintenanceRepo
 
 
 def _create(conn: Connection, *, name: str, start: datetime, end: datetime) -> int | None:
+    """Create (or re-attach) the partition ``name`` for [start, end), moving its rows out of the default
+    partition; the number of rows moved, or None when another maintainer attached it first."""
     if not _NAME.match(name):
         raise ValueError(f"unexpected partition name {name!r}")
-    if conn.execute(text("SELECT to_regclass(:n)"), {"n": f"usage.{name}"}).scalar_one() is not None:
-        return None  # another maintainer got there first (or a detached table has the name)
+    existing = conn.execute(
+        text(
+            "SELECT c.oid, i.inhparent IS NOT NULL AS attached FROM pg_class c "
+            "LEFT JOIN pg_inherits i ON i.inhrelid = c.oid "
+            "WHERE c.oid = to_regclass(:n)"
+        ),
+        {"n": f"usage.{name}"},
+    ).first()
+    if existing is not None and existing.attached:
+        return None
     columns = ", ".join(
         conn.execute(
             text(
@@ -192,12 +202,20 @@ def _create(conn: Connection, *, name: str, start: datetime, end: datetime) -> i
     )
     # Inserts routed to the default partition wait for this short transaction; the others never do.
     conn.execute(text(f"LOCK TABLE usage.{DEFAULT_PARTITION} IN ACCESS EXCLUSIVE MODE"))
-    conn.execute(text(f"CREATE TABLE usage.{name} (LIKE {LEDGER} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"))
+    if existing is None:
+        conn.execute(
+            text(f"CREATE TABLE usage.{name} (LIKE {LEDGER} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        )
+    else:
+        # A partition detached earlier whose period is wanted again (retention was shortened, then
+        # lengthened): it holds that period's rows, so it goes back in rather than a new empty one.
+        log.warning("partition.reattaching", partition=name)
     moved = conn.execute(
         text(
             f"WITH moved AS (DELETE FROM usage.{DEFAULT_PARTITION} "
             f"WHERE occurred_at >= :start AND occurred_at < :end RETURNING {columns}) "
-            f"INSERT INTO usage.{name} ({columns}) SELECT {columns} FROM moved"
+            f"INSERT INTO usage.{name} ({columns}) SELECT {columns} FROM moved "
+            f"ON CONFLICT DO NOTHING"
         ),
         {"start": start, "end": end},
     ).rowcount

@@ -201,3 +201,61 @@ class TestRelayToCelery:
         assert sorted(json.loads(line)["n"] for line in lines) == [0, 1, 2]
         assert {json.loads(line)["traceparent"] for line in lines} == {traceparent}
         assert sorted(json.loads(line)["id"] for line in lines) == sorted(str(e.id) for e in events)
+
+
+class TestBatchedPublishCancelled:
+    def test_a_batch_cancelled_before_it_was_written_gives_its_delivery_tags_back(
+        self, fresh_amqp_url: str
+    ) -> None:
+        from aiormq.abc import ChannelFrame
+        from pamqp.heartbeat import Heartbeat
+        from parley_common.messaging.celery_protocol import event_message
+        from parley_common.messaging.relay import _enqueue_publishes
+
+        def usage() -> TokensConsumedV1:
+            return TokensConsumedV1(
+                source="t",
+                user_id=uuid.uuid4(),
+                request_id="r",
+                model="m",
+                provider="p",
+                prompt_tokens=1,
+                completion_tokens=1,
+            )
+
+        async def scenario() -> tuple[int, int, int]:
+            connection = await aio_pika.connect(fresh_amqp_url)
+            try:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                await topology.declare(channel)
+                raw = await channel.get_underlay_channel()
+                before = raw.delivery_tag
+
+                def fill() -> None:
+                    while not raw.write_queue.full():
+                        raw.write_queue.put_nowait(
+                            ChannelFrame.marshall(channel_number=0, frames=[Heartbeat()])
+                        )
+
+                # In this order, in one turn of the loop: the writer's queue fills up, the batch finds no
+                # room and waits, and is cancelled while it waits (before the writer frees a slot).
+                loop = asyncio.get_running_loop()
+                loop.call_soon(fill)
+                task = asyncio.ensure_future(
+                    _enqueue_publishes(raw, [event_message(usage()) for _ in range(3)])
+                )
+                loop.call_soon(task.cancel)
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                after_cancel = raw.delivery_tag
+                # The next batch's confirms must still settle the right futures.
+                confirms = await _enqueue_publishes(raw, [event_message(usage()) for _ in range(2)])
+                done, _ = await asyncio.wait(confirms, timeout=10)
+                return before, after_cancel, sum(1 for f in done if f.exception() is None)
+            finally:
+                await connection.close()
+
+        before, after_cancel, confirmed = asyncio.run(scenario())
+        assert after_cancel == before
+        assert confirmed == 2
+        assert len(drain_queue(fresh_amqp_url, topology.USAGE.name)) == 2

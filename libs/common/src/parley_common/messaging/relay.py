@@ -309,7 +309,17 @@ async def _enqueue_publishes(
             )
             frames.append(ContentHeader(properties=properties, body_size=len(msg.body)))
             frames.extend(ContentBody(msg.body[i : i + max_size]) for i in range(0, len(msg.body), max_size))
-        await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+        try:
+            await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+        except BaseException:
+            # Nothing reached the broker (cancelled while the writer's queue was full): give the delivery
+            # tags back, as basic_publish does, or every later confirm would settle the wrong future.
+            channel.delivery_tag -= len(messages)
+            for offset, (msg, future) in enumerate(zip(messages, futures, strict=True)):
+                channel.confirmations.pop(channel.delivery_tag + 1 + offset, None)
+                _forget_message_id(channel, msg.message_id, channel.delivery_tag + 1 + offset, None)
+                future.cancel()
+            raise
     return futures
 
 

@@ -37,7 +37,10 @@ gateway-relay: parley-gateway-relay
 gateway-worker: parley-gateway-worker
 chat: parley-chat-api
 chat-relay: parley-chat-relay
-usage-worker: parley-usage-worker
+usage-worker: env PARLEY_METRICS_PORT=9102 parley-usage-worker
+usage-beat: env PARLEY_METRICS_PORT=9103 parley-usage-beat
+usage-relay: env PARLEY_METRICS_PORT=9104 parley-usage-relay
+usage-api: parley-usage-api
 webhooks-api: parley-webhooks-api
 webhooks-worker: parley-webhooks-worker
 webhooks-beat: parley-webhooks-beat

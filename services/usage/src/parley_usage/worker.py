@@ -1,35 +1,60 @@
-"""The usage Celery app and its event handlers (``parley-usage-worker``)."""
+"""``parley-usage-worker``: the ledger writer.
+
+A supervising main process runs ``PARLEY_WORKER_CONCURRENCY`` consumer processes on the ``usage.events``
+quorum queue. Each takes events in bounded batches (``PARLEY_WORKER_BATCH_SIZE``, at most
+``PARLEY_WORKER_PREFETCH`` unacknowledged) and writes a batch in one transaction: ledger rows, rollups,
+period totals and threshold events together. The messages are acknowledged only after that commit, so a
+crash anywhere returns them to the queue and the ledger's dedup key absorbs the redelivery.
+"""
 
 from __future__ import annotations
 
-from functools import cache
+import asyncio
+from collections.abc import Callable, Sequence
 
-from parley_common.db.engine import create_sync_db_engine
+from parley_common.db.engine import create_async_db_engine
 from parley_common.events import TokensConsumedV1
 from parley_common.logs import get_logger
 from parley_common.messaging import topology
-from parley_common.messaging.worker import create_celery_app, event_handler
-from sqlalchemy import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from parley_common.messaging.batch import BatchConsumer
+from parley_common.messaging.supervisor import run_supervised
+from sqlalchemy.exc import DataError, IntegrityError
 
-from parley_usage.config import get_settings
-from parley_usage.ledger import record_usage
+from parley_usage.config import Settings
+from parley_usage.ledger import record_batch
 
 log = get_logger(__name__)
 
-settings = get_settings()
-app = create_celery_app("usage", topology.USAGE, settings)
+# The data itself is refused (a value too long or out of range): split the batch, isolate the event.
+POISON = (DataError, IntegrityError)
 
 
-@cache
-def engine() -> Engine:
-    # Created lazily, in each prefork child, never inherited across fork.
-    return create_sync_db_engine(
-        settings.database_url, application_name="usage.worker", pool_size=2, max_overflow=2
+def run(settings: Settings) -> None:
+    run_supervised("usage", "worker", settings, lambda stop, ready: consume(settings, stop, ready))
+
+
+async def consume(settings: Settings, stop: asyncio.Event, ready: Callable[[], None]) -> None:
+    """One consumer process: until ``stop``."""
+    engine = create_async_db_engine(
+        settings.database_url, application_name="usage.worker", pool_size=2, max_overflow=0
     )
 
+    async def handle(events: Sequence[TokensConsumedV1]) -> None:
+        result = await record_batch(engine, events)
+        if result.duplicates:
+            log.info("ledger.duplicate_ignored", duplicates=result.duplicates, events=len(events))
 
-@event_handler(app, TokensConsumedV1, transient=(OperationalError, InterfaceError))
-def on_tokens_consumed(event: TokensConsumedV1) -> None:
-    inserted = record_usage(engine(), event)
-    log.info("ledger.recorded" if inserted else "ledger.duplicate_ignored", user_id=str(event.user_id))
+    consumer = BatchConsumer(
+        settings.rabbitmq_url.get_secret_value(),
+        topology.USAGE,
+        TokensConsumedV1,
+        handle,
+        service="usage",
+        poison=POISON,
+        config=settings.batch_config(),
+        on_ready=ready,
+    )
+    try:
+        await consumer.run(stop)
+    finally:
+        await engine.dispose()

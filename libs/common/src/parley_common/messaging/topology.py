@@ -67,6 +67,13 @@ GATEWAY = ConsumerQueue("gateway.events", ("plan.changed.v1",))
 
 QUEUES: tuple[ConsumerQueue, ...] = (USAGE, NOTIFY, WEBHOOKS, GATEWAY)
 
+# Scheduled jobs of parley-usage-beat (Celery beat publishes them, its embedded worker runs them). Not an
+# event queue, so not in QUEUES: relays don't declare it, and no event type is routed to it.
+USAGE_MAINTENANCE = ConsumerQueue(
+    "usage.maintenance",
+    ("usage.maintain_partitions", "usage.reconcile_quotas", "usage.check_quota_seed", "usage.measure_drift"),
+)
+
 
 def queues_for(event_type: str) -> list[ConsumerQueue]:
     """The queues an event of ``event_type`` is routed to."""

@@ -110,10 +110,20 @@ def _die_with_parent(parent: int) -> None:
 
 def _supervise(service: str, process: str, settings: Any) -> None:
     init_process(service, process, settings)
+    slots = [_Slot(i) for i in range(settings.worker_concurrency)]
+    health = None
     if settings.metrics_port:
-        from parley_common.metrics import serve_metrics
+        # /metrics (every child's, multiprocess mode), /livez, and /readyz: ready once every child
+        # consumes and while the database and Redis answer; not ready again from SIGTERM on.
+        from parley_common.health import serve_health, settings_checks
 
-        serve_metrics(settings.metrics_port)
+        health = serve_health(settings.metrics_port)
+        for name, check in settings_checks(settings, name=f"{service}.{process}").items():
+            health.add_check(name, check)
+        health.add_check(
+            "consumers",
+            lambda: all(s.ready and s.process is not None and s.process.poll() is None for s in slots),
+        )
     stopping = False
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -122,7 +132,6 @@ def _supervise(service: str, process: str, settings: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    slots = [_Slot(i) for i in range(settings.worker_concurrency)]
     announced = False
     log.info("worker.starting", children=len(slots))
     while not stopping:
@@ -137,7 +146,11 @@ def _supervise(service: str, process: str, settings: Any) -> None:
             announced = True
             # Ends in "ready." like Celery's own start-up line, which tooling and tests wait for.
             log.info("worker.ready.", children=[s.process.pid for s in slots if s.process])
+            if health is not None:
+                health.set_started()
         time.sleep(0.1)
+    if health is not None:
+        health.set_started(False)
     _stop_all(slots, settings.worker_stop_grace)
 
 

@@ -358,8 +358,8 @@ def run_relay_process(service: str, settings: Any, table: Table, config: RelayCo
     """The body of a ``parley-<service>-relay`` process: relay until SIGTERM/SIGINT.
 
     ``settings`` must carry the database, RabbitMQ and process settings (``DatabaseSettings``,
-    ``RabbitSettings``, ``ParleySettings``); when it also has a ``metrics_port`` that is set, the relay
-    serves ``/metrics`` there (published and refused counts).
+    ``RabbitSettings``, ``ParleySettings``); with a metrics port (``metrics_port`` or ``PARLEY_METRICS_PORT``)
+    the relay serves ``/metrics``, ``/livez`` and ``/readyz`` there (see :func:`watch_relay_health`).
     """
     import signal
 
@@ -368,11 +368,6 @@ def run_relay_process(service: str, settings: Any, table: Table, config: RelayCo
 
     init_process(service, "relay", settings)
     config = config or RelayConfig()
-    metrics_port = getattr(settings, "metrics_port", None)
-    if metrics_port:
-        from parley_common.metrics import serve_metrics
-
-        serve_metrics(metrics_port)
 
     async def main() -> None:
         engine = create_async_db_engine(

@@ -147,11 +147,15 @@ class BatchResult:
 async def record_batch(engine: AsyncEngine, events: Sequence[TokensConsumedV1]) -> BatchResult:
     """Write ``events`` (one transaction); redelivered events change nothing."""
     async with engine.begin() as conn:
-        return await record_batch_in(conn, events)
+        result = await record_batch_in(conn, events)
+    # Counted once committed: a batch rolled back and retried must not count twice.
+    LEDGER_ROWS.inc(result.inserted)
+    LEDGER_DUPLICATES.inc(result.duplicates)
+    return result
 
 
 async def record_batch_in(conn: AsyncConnection, events: Sequence[TokensConsumedV1]) -> BatchResult:
-    """:func:`record_batch` inside a transaction the caller owns."""
+    """:func:`record_batch` inside a transaction the caller owns (who counts the rows once it commits)."""
     unique = {event.id: event for event in events}.values()
     document = "[" + ",".join(event.model_dump_json(include=_FIELDS) for event in unique) + "]"
     row = (await conn.execute(_RECORD, {"events": document})).one()
@@ -168,6 +172,4 @@ async def record_batch_in(conn: AsyncConnection, events: Sequence[TokensConsumed
     ]
     announced = await announce_crossings(conn, reached) if reached else 0
     inserted = int(row.inserted)
-    LEDGER_ROWS.inc(inserted)
-    LEDGER_DUPLICATES.inc(len(events) - inserted)
     return BatchResult(inserted, len(events) - inserted, announced)

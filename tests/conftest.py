@@ -10,6 +10,7 @@ from parley_common.auth.keys import generate_private_key_pem
 from parley_common.db.migrations import registered
 from parley_common.testing.processes import ProcessManager
 
+from tests.support.outbox import Outbox, private_outbox
 from tests.support.platform import Platform, PlatformConfig, start_platform
 
 pytest_plugins = ["parley_common.testing.plugin"]
@@ -46,3 +47,10 @@ def platform(platform_config: PlatformConfig, tmp_path_factory: pytest.TempPathF
         yield start_platform(manager, platform_config)
     finally:
         manager.stop_all()
+
+
+@pytest.fixture
+def outbox(database_url: str) -> Iterator[Outbox]:
+    """An outbox table of this test's own (see tests/support/outbox.py)."""
+    with private_outbox(database_url) as table:
+        yield table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any
+from dataclasses import replace
 
 import aio_pika
 from parley_common.events import TokensConsumedV1
@@ -18,29 +18,8 @@ from tests.support.api import eventually
 from tests.support.db import ledger_rows
 
 
-async def publish_raw(url: str, body: bytes, headers: dict[str, Any], routing_key: str) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await topology.declare(channel)
-        await exchange.publish(
-            aio_pika.Message(
-                body,
-                headers=headers,
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=routing_key,
-            mandatory=True,
-        )
-    finally:
-        await connection.close()
-
-
 def publish_event(url: str, event: TokensConsumedV1) -> None:
-    msg = event_message(event)
-    asyncio.run(publish_raw(url, msg.body, msg.headers, msg.routing_key))
+    rabbitmq.publish(url, [event_message(event)])
 
 
 def dead_letters(url: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -93,10 +72,10 @@ class TestDeadLetters:
                 }
             },
         )
-        asyncio.run(publish_raw(fresh_amqp_url, invalid.body, invalid.headers, invalid.routing_key))
+        rabbitmq.publish(fresh_amqp_url, [invalid])
         # A body that is not JSON at all.
         garbage = build_task_message("usage.tokens_consumed.v1", garbage_id, {})
-        asyncio.run(publish_raw(fresh_amqp_url, b"\x00not json{", garbage.headers, garbage.routing_key))
+        rabbitmq.publish(fresh_amqp_url, [replace(garbage, body=b"\x00not json{")])
         user = uuid.uuid4()
         publish_event(fresh_amqp_url, valid_event(user))
 

@@ -7,58 +7,20 @@ can be relayed into its vhost.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import pytest
-from parley_common.db.base import schema_metadata
-from parley_common.db.engine import connect_args, create_async_db_engine
+from parley_common.db.engine import create_async_db_engine
 from parley_common.events import TokensConsumedV1
-from parley_common.messaging.outbox import OutboxMixin
 from parley_common.messaging.relay import OutboxRelay
 from parley_common.testing import rabbitmq
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ProcessManager, venv_command
-from sqlalchemy import Table, create_engine, text, update
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy import update
 
 from tests.support.api import eventually
 from tests.support.db import ledger_rows, query
-
-
-@dataclass
-class Outbox:
-    database_url: str
-    table: Table
-
-    @property
-    def name(self) -> str:
-        return f"{self.table.schema}.{self.table.name}"
-
-
-@pytest.fixture
-def outbox(database_url: str) -> Iterator[Outbox]:
-    schema = f"relay_test_{secrets.token_hex(4)}"
-
-    class Base(DeclarativeBase):
-        metadata = schema_metadata(schema)
-
-    class TestOutbox(OutboxMixin, Base):
-        pass
-
-    engine = create_engine(database_url, connect_args=connect_args("test.outbox"))
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        Base.metadata.create_all(conn)
-    try:
-        yield Outbox(database_url, TestOutbox.outbox_table())
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
+from tests.support.outbox import Outbox
 
 
 def usage_event(user_id: uuid.UUID, n: int) -> TokensConsumedV1:

@@ -8,13 +8,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-import aio_pika
 import httpx
 import openai
 import pytest
 from parley_common.events import PlanChangedV1
-from parley_common.messaging import topology
 from parley_common.messaging.celery_protocol import event_message
+from parley_common.testing import rabbitmq
 from parley_common.testing.processes import ProcessManager, venv_command
 
 from tests.gateway.support import CHAT_BODY, Account, Stack, run_admin_cli, start_stack, wait_until
@@ -220,24 +219,9 @@ class TestMe:
 
 
 async def publish(url: str, *events: PlanChangedV1) -> None:
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await topology.declare(channel)
-        for event in events:
-            msg = event_message(event)
-            await exchange.publish(
-                aio_pika.Message(
-                    msg.body,
-                    headers=msg.headers,
-                    content_type=msg.content_type,
-                    content_encoding=msg.content_encoding,
-                    message_id=msg.message_id,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=msg.routing_key,
-                mandatory=True,
-            )
+    # One at a time, in order: the test is about events arriving in a given order.
+    for event in events:
+        await rabbitmq.publish_async(url, [event_message(event)])
 
 
 class TestPlanChangedWorker:

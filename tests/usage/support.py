@@ -420,37 +420,9 @@ def _redis_ping(port: int) -> bool:
 
 def publish(amqp_url: str, messages: Sequence[Any]) -> None:
     """Publish protocol-2 ``TaskMessage``s (persistent, mandatory, confirmed) to the events exchange."""
-    import asyncio
+    from parley_common.testing import rabbitmq
 
-    import aio_pika
-    from parley_common.messaging import topology
-
-    async def go() -> None:
-        connection = await aio_pika.connect(amqp_url)
-        try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            exchange = await topology.declare(channel)
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        aio_pika.Message(
-                            msg.body,
-                            headers=msg.headers,
-                            content_type=msg.content_type,
-                            content_encoding=msg.content_encoding,
-                            message_id=msg.message_id,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=msg.routing_key,
-                        mandatory=True,
-                    )
-                    for msg in messages
-                )
-            )
-        finally:
-            await connection.close()
-
-    asyncio.run(go())
+    rabbitmq.publish(amqp_url, messages)
 
 
 def drain_queue(amqp_url: str, queue: str) -> list[Any]:

@@ -5,61 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import aio_pika
 import pytest
-from parley_common.db.base import schema_metadata
-from parley_common.db.engine import connect_args, create_async_db_engine
+from parley_common.db.engine import create_async_db_engine
 from parley_common.events import Event, TokensConsumedV1
 from parley_common.messaging import topology
-from parley_common.messaging.outbox import OutboxMixin
 from parley_common.messaging.relay import OutboxRelay
 from parley_common.testing.processes import ProcessManager
-from sqlalchemy import Table, create_engine, text
-from sqlalchemy.orm import DeclarativeBase
 
+from tests.support.outbox import Outbox
 from tests.usage.celery_sink import SinkedV1
 from tests.usage.support import drain_queue, rows, wait_until
-
-
-@dataclass
-class Outbox:
-    database_url: str
-    table: Table
-
-    @property
-    def name(self) -> str:
-        return f"{self.table.schema}.{self.table.name}"
-
-
-@pytest.fixture
-def outbox(database_url: str) -> Iterator[Outbox]:
-    """An outbox table of this test's own (the columns every service's outbox has)."""
-    schema = f"relay_{secrets.token_hex(4)}"
-
-    class Base(DeclarativeBase):
-        metadata = schema_metadata(schema)
-
-    class TestOutbox(OutboxMixin, Base):
-        pass
-
-    engine = create_engine(database_url, connect_args=connect_args("tests.outbox"))
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        Base.metadata.create_all(conn)
-    try:
-        yield Outbox(database_url, TestOutbox.outbox_table())
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
 
 
 class NobodyListensV1(Event):

@@ -6,11 +6,17 @@ declare on a plain (non-robust) channel, which always reports the broker's curre
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
+from collections.abc import Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
+
+from parley_common.messaging import topology
+from parley_common.messaging.celery_protocol import TaskMessage
+from parley_common.messaging.topology import QUEUES, ConsumerQueue
 
 
 def _ctl(*args: str) -> str:
@@ -74,3 +80,40 @@ async def drain(url: str, queue: str, limit: int = 10_000) -> list[aio_pika.abc.
     finally:
         await connection.close()
     return messages
+
+
+async def publish_async(
+    url: str, messages: Sequence[TaskMessage], queues: Sequence[ConsumerQueue] = QUEUES
+) -> None:
+    """Publish protocol-2 messages as a relay does (persistent, mandatory, confirmed, all in flight).
+
+    The topology of ``queues`` is declared first, so the messages have somewhere to go.
+    """
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await topology.declare(channel, queues=tuple(queues))
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        msg.body,
+                        headers=msg.headers,
+                        content_type=msg.content_type,
+                        content_encoding=msg.content_encoding,
+                        message_id=msg.message_id,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=msg.routing_key,
+                    mandatory=True,
+                )
+                for msg in messages
+            )
+        )
+    finally:
+        await connection.close()
+
+
+def publish(url: str, messages: Sequence[TaskMessage], queues: Sequence[ConsumerQueue] = QUEUES) -> None:
+    """:func:`publish_async` from synchronous code."""
+    asyncio.run(publish_async(url, messages, queues))

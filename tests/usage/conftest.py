@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from parley_common.db.engine import connect_args
 from parley_usage.partitions import PartitionPolicy, maintain_sync
+from sqlalchemy import create_engine, text
 
 from tests.support.platform import PlatformConfig
 
@@ -22,7 +24,18 @@ def ledger_partitions(database_url: str) -> str:
 
 @pytest.fixture
 def usage_env(platform_config: PlatformConfig, fresh_amqp_url: str, ledger_partitions: str) -> dict[str, str]:
-    """Environment of usage (and chat relay) processes: the session database, a vhost of this test's own."""
+    """Environment of usage (and chat relay) processes: the session database, a vhost of this test's own.
+
+    The session database's chat outbox may hold rows other tests left unpublished (chat tests that run no
+    relay); they are marked published first, or this test's relay would feed them to its worker. Tests of
+    one xdist worker run one at a time, so no other test is using them.
+    """
+    engine = create_engine(ledger_partitions, connect_args=connect_args("tests.usage"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE chat.outbox SET published_at = now() WHERE published_at IS NULL"))
+    finally:
+        engine.dispose()
     return {**platform_config.base_env(), "PARLEY_RABBITMQ_URL": fresh_amqp_url}
 
 

@@ -18,19 +18,16 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
-import redis
 from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
 from parley_common.auth.keys import generate_private_key_pem, jwks_document, load_signing_keys
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ManagedProcess, venv_command
 
-from bench.context import BenchContext
+from bench.context import BenchContext, unlimited_account
 
 CONNECTIONS = 16
 SECONDS = 10
@@ -142,35 +139,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         {**env, "PARLEY_HTTP_PORT": str(gateway_port), "PARLEY_CHAT_URL": f"http://127.0.0.1:{chat_port}"},
         ready_url=f"http://127.0.0.1:{gateway_port}/readyz",
     )
-    with redis.Redis.from_url(ctx.redis_url) as client:
-        client.set(f"{ctx.redis_prefix}quota:seeded", "1")
     gateway_url, chat_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{chat_port}"
-    email = f"bench-{int(time.time())}@example.com"
-    with httpx.Client(base_url=gateway_url, timeout=30) as client:
-        user_id = client.post(
-            "/v1/auth/register", json={"email": email, "password": "bench password"}
-        ).json()["id"]
-        subprocess.run(
-            [venv_command("parley-gateway-admin"), "promote", email], env={**env}, check=True, timeout=60
-        )
-        token = client.post("/v1/auth/login", json={"email": email, "password": "bench password"}).json()[
-            "access_token"
-        ]
-        # Every limit on and large enough never to refuse: the work is measured, not the refusals.
-        overrides = {
-            "requests_per_minute": 100_000,
-            "tokens_per_minute": 1_000_000_000,
-            "concurrent_streams": 10_000,
-            "daily_token_quota": 10**12,
-            "monthly_token_quota": 10**13,
-        }
-        changed = client.patch(
-            f"/v1/admin/users/{user_id}",
-            json={"plan_overrides": overrides},
-            headers={"authorization": f"Bearer {token}"},
-        )
-        changed.raise_for_status()
-        plan = client.get("/v1/me", headers={"authorization": f"Bearer {token}"}).json()["plan"]
+    user_id, token, plan = unlimited_account(gateway_url, env, ctx.redis_url, ctx.redis_prefix)
     internal = mint_internal_token(
         key,
         InternalIdentity(

@@ -18,14 +18,13 @@ import time
 import uuid
 from typing import Any
 
-import httpx
 import psutil
 from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
 from parley_common.auth.keys import generate_private_key_pem, jwks_document, load_signing_keys
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ManagedProcess, venv_command
 
-from bench.context import BenchContext
+from bench.context import BenchContext, unlimited_account
 
 STREAMS = 500
 WARMUP = 50
@@ -240,14 +239,9 @@ def _start(ctx: BenchContext) -> tuple[dict[str, ManagedProcess], dict[str, int]
             ready_url=f"http://127.0.0.1:{ports['gateway']}/readyz",
         ),
     }
-    # A real account for the gateway path. (Once the gateway enforces plan limits, this user needs a plan
-    # that admits STREAMS concurrent streams.)
-    email, password = f"bench-{uuid.uuid4().hex[:8]}@example.com", "bench password 123"
+    # A real account for the gateway path, with limits that admit every stream of the run.
     gateway = f"http://127.0.0.1:{ports['gateway']}"
-    httpx.post(gateway + "/v1/auth/register", json={"email": email, "password": password}).raise_for_status()
-    access = httpx.post(gateway + "/v1/auth/login", json={"email": email, "password": password}).json()[
-        "access_token"
-    ]
+    _, access, _ = unlimited_account(gateway, env, ctx.redis_url, ctx.redis_prefix)
     internal = mint_internal_token(
         load_signing_keys(pem)[0],
         InternalIdentity(user_id=uuid.uuid4(), plan=PlanClaims(name="bench")),

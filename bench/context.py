@@ -76,3 +76,52 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **results}, indent=2, sort_keys=True) + "\n")
     return path
+
+
+# Every limit on, and large enough never to refuse: a benchmark measures the work, not the refusals.
+UNLIMITED = {
+    "requests_per_minute": 100_000,
+    "tokens_per_minute": 1_000_000_000,
+    "concurrent_streams": 10_000,
+    "daily_token_quota": 10**12,
+    "monthly_token_quota": 10**13,
+}
+
+
+def unlimited_account(
+    gateway_url: str, env: dict[str, str], redis_url: str, redis_prefix: str
+) -> tuple[str, str, dict[str, Any]]:
+    """(user id, access token, plan) of a new administrator whose limits never refuse a benchmark's load.
+
+    The quota counters are marked as reconciled (usage's beat would do it in a deployment), so the
+    gateway enforces quotas normally instead of applying its Redis-failure policy.
+    """
+    import subprocess
+    import time
+
+    import httpx
+    import redis
+    from parley_common.quota import seeded_key
+    from parley_common.testing.processes import venv_command
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(seeded_key(redis_prefix), "1")
+    email, password = f"bench-{time.time_ns()}@example.com", "bench password"
+    with httpx.Client(base_url=gateway_url, timeout=30) as client:
+        user_id = client.post("/v1/auth/register", json={"email": email, "password": password}).json()["id"]
+        subprocess.run(
+            [venv_command("parley-gateway-admin"), "promote", email],
+            env={**os.environ, **env},
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        token = client.post("/v1/auth/login", json={"email": email, "password": password}).json()[
+            "access_token"
+        ]
+        auth = {"authorization": f"Bearer {token}"}
+        client.patch(
+            f"/v1/admin/users/{user_id}", json={"plan_overrides": UNLIMITED}, headers=auth
+        ).raise_for_status()
+        plan = client.get("/v1/me", headers=auth).json()["plan"]
+    return str(user_id), token, plan

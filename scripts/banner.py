@@ -41,7 +41,7 @@ Parley is up at {GATEWAY}
        -d '{{"model":"{model}","messages":[{{"role":"user","content":"hello"}}]}}'
 
   # the same with the openai SDK
-  python3 -c "import openai,os; c=openai.OpenAI(base_url='{GATEWAY}/v1', api_key=os.environ['TOKEN']); \\
+  .venv/bin/python -c "import openai,os; c=openai.OpenAI(base_url='{GATEWAY}/v1', api_key=os.environ['TOKEN']); \\
 print(c.chat.completions.create(model='{model}', messages=[{{'role':'user','content':'hello'}}]).choices[0].message.content)"
 
 Ctrl-C stops everything.

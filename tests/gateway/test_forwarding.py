@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,6 @@ from parley_common.testing.processes import ProcessManager
 
 from tests.gateway.support import CHAT_BODY, Account, Stack, start_stack, wait_until
 from tests.support.platform import PlatformConfig
-
-
-@pytest.fixture(scope="module")
-def echo_url(manager: ProcessManager) -> str:
-    port = free_port()
-    manager.spawn(
-        "echo",
-        [sys.executable, "-m", "tests.gateway.echo_upstream", "--port", str(port)],
-        ready_url=f"http://127.0.0.1:{port}/livez",
-    )
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

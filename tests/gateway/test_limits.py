@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 from typing import Any
 
@@ -26,17 +25,6 @@ from tests.gateway.support import CHAT_BODY, Account, Stack, start_stack, wait_u
 from tests.support.platform import PlatformConfig
 
 WINDOW = 4.0
-
-
-@pytest.fixture(scope="module")
-def echo_url(manager: ProcessManager) -> str:
-    port = free_port()
-    manager.spawn(
-        "echo",
-        [sys.executable, "-m", "tests.gateway.echo_upstream", "--port", str(port)],
-        ready_url=f"http://127.0.0.1:{port}/livez",
-    )
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

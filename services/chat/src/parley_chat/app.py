@@ -7,8 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from parley_common.api import create_service_app
-from parley_common.auth.internal import InternalTokenVerifier
-from parley_common.auth.jwks import KeySet
+from parley_common.auth.internal import verifier_for
 from parley_common.db.engine import async_engines, async_session_factory, ping
 from parley_common.process import init_process
 from parley_common.tokens import count_text_tokens
@@ -62,12 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await writer.dispose()
 
     app = create_service_app(service="chat", lifespan=lifespan, openai_prefixes=OPENAI_PREFIXES)
-    keys = (
-        KeySet(url=settings.internal_jwks_url, document=settings.internal_jwks)
-        if settings.internal_jwks
-        else KeySet(url=settings.internal_jwks_url)
-    )
-    app.state.internal_verifier = InternalTokenVerifier(keys)
+    app.state.internal_verifier = verifier_for(settings)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(conversations.router)

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from parley_common.api import create_service_app
-from parley_common.db.engine import async_engines, async_session_factory, ping
+from parley_common.db.engine import async_engine, async_session_factory, ping
 from parley_common.logs import get_logger
 from parley_common.process import init_process
 from redis.exceptions import RedisError
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine, _ = async_engines(settings, "gateway.api")
+        engine = async_engine(settings, "gateway.api")
         sessionmaker = async_session_factory(engine)
         store = RedisStore(
             settings.limits_redis_url,

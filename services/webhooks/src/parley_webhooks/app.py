@@ -7,9 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from parley_common.api import create_service_app
-from parley_common.auth.internal import InternalTokenVerifier
-from parley_common.auth.jwks import KeySet
-from parley_common.db.engine import async_engines, async_session_factory, ping
+from parley_common.auth.internal import verifier_for
+from parley_common.db.engine import async_engine, async_session_factory, ping
 from parley_common.process import init_process
 
 from parley_webhooks.config import Settings, get_settings
@@ -22,7 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine, _reader = async_engines(settings, "webhooks.api")
+        engine = async_engine(settings, "webhooks.api")
         app.state.sessionmaker = async_session_factory(engine)
         app.state.readiness_checks = {"database": lambda: ping(engine)}
         yield
@@ -30,12 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = create_service_app(service="webhooks", lifespan=lifespan)
     app.state.settings = settings
-    keys = (
-        KeySet(url=settings.internal_jwks_url, document=settings.internal_jwks)
-        if settings.internal_jwks
-        else KeySet(url=settings.internal_jwks_url)
-    )
-    app.state.internal_verifier = InternalTokenVerifier(keys)
+    app.state.internal_verifier = verifier_for(settings)
     app.include_router(endpoints.router)
     app.include_router(deliveries.router)
     app.include_router(inbound.router)

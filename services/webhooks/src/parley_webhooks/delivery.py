@@ -60,6 +60,10 @@ class DeliveryPolicy:
         return delay
 
 
+# A delivery that will not be attempted again: finished, unscheduled, its dispatch token spent.
+_FAILED = {"status": "failed", "finished_at": func.now(), "next_attempt_at": None, "dispatch_token": None}
+
+
 def webhook_id(event_id: UUID) -> str:
     return f"msg_{event_id.hex}"
 
@@ -208,13 +212,7 @@ def _start(
             conn.execute(
                 update(Delivery)
                 .where(Delivery.id == delivery_id)
-                .values(
-                    status="failed",
-                    finished_at=func.now(),
-                    next_attempt_at=None,
-                    dispatch_token=None,
-                    last_error="the endpoint is disabled",
-                )
+                .values(**_FAILED, last_error="the endpoint is disabled")
             )
             return "endpoint_disabled"
         conn.execute(
@@ -347,17 +345,7 @@ def _finish(
         if still_ours:
             delay = policy.retry_delay(delivery.round_attempts, result.retry_after)
             if delay is None:
-                conn.execute(
-                    update(Delivery)
-                    .where(Delivery.id == delivery_id)
-                    .values(
-                        status="failed",
-                        finished_at=func.now(),
-                        next_attempt_at=None,
-                        dispatch_token=None,
-                        **common,
-                    )
-                )
+                conn.execute(update(Delivery).where(Delivery.id == delivery_id).values(**_FAILED, **common))
                 outcome = "exhausted"
             else:
                 conn.execute(
@@ -388,13 +376,7 @@ def _fail_pending(conn: Connection, endpoint_id: UUID, reason: str) -> None:
     conn.execute(
         update(Delivery)
         .where(Delivery.endpoint_id == endpoint_id, Delivery.status == "pending")
-        .values(
-            status="failed",
-            finished_at=func.now(),
-            next_attempt_at=None,
-            dispatch_token=None,
-            last_error=reason,
-        )
+        .values(**_FAILED, last_error=reason)
     )
 
 

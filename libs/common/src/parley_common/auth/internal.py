@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parley_common.auth.jwks import KeySet
 from parley_common.auth.keys import SigningKey
+from parley_common.settings import InternalAuthSettings
 
 INTERNAL_AUDIENCE = "parley-internal"
 INTERNAL_ISSUER = "parley-gateway"
@@ -118,3 +119,9 @@ class InternalTokenVerifier:
             )
         except (jwt.PyJWTError, ValidationError, KeyError) as exc:
             raise InvalidInternalToken(type(exc).__name__) from exc
+
+
+def verifier_for(settings: InternalAuthSettings) -> InternalTokenVerifier:
+    """The verifier a service behind the gateway uses: the inline JWKS when configured (it is then never
+    refetched), else the gateway's JWKS URL."""
+    return InternalTokenVerifier(KeySet(url=settings.internal_jwks_url, document=settings.internal_jwks))

@@ -53,6 +53,18 @@ def create_sync_db_engine(
     )
 
 
+def async_engine(settings: DatabaseSettings, application_name: str, *, replica: bool = False) -> AsyncEngine:
+    """One async engine: the primary's, or with ``replica=True`` the read replica's when one is configured
+    (the primary's otherwise). For processes that only write, or only read."""
+    use_replica = replica and settings.database_read_url is not None
+    return create_async_db_engine(
+        settings.database_read_url if use_replica and settings.database_read_url else settings.database_url,
+        application_name=application_name + (".read" if use_replica else ""),
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
+
+
 def async_engines(settings: DatabaseSettings, application_name: str) -> tuple[AsyncEngine, AsyncEngine]:
     """(write engine, read engine); the read engine is the writer itself unless a replica is configured."""
     writer = create_async_db_engine(

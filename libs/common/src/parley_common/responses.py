@@ -1,20 +1,27 @@
-"""Server-sent events responses that always release what their body holds."""
+"""Server-sent events responses that notice a client leaving at once and always release their body."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import anyio
 from starlette.responses import StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Scope, Send
 
 
 class EventStreamResponse(StreamingResponse):
-    """``text/event-stream`` whose body iterator is closed however the response ends.
+    """``text/event-stream`` that stops when the client disconnects and closes its body iterator.
 
-    When the client disconnects, Starlette cancels the task that sends the body; if the generator was
-    suspended at a ``yield`` at that moment it would be left for the garbage collector to close, later and
-    outside the request. Closing it here runs its cleanup (cancel the provider call, record usage) at once.
+    Starlette's ``StreamingResponse`` listens for the disconnect in an anyio task group (a second task
+    wrapping the sender, cancel scopes, exception groups) for every stream. Here one plain task waits
+    for ``http.disconnect`` and cancels the scope the body is sent in: an anyio scope, so cleanup that
+    shields itself (chat recording the usage of a cut stream) still runs to its end, and the request
+    then ends normally, as Starlette's does.
+
+    The body iterator is closed in every case: if the generator was suspended at a ``yield`` when the
+    client left, its cleanup (close the upstream call, record usage) runs now, not when the garbage
+    collector gets to it.
     """
 
     media_type = "text/event-stream"
@@ -29,11 +36,28 @@ class EventStreamResponse(StreamingResponse):
         )
         self._body = content
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with anyio.CancelScope() as sending:
+
+            async def cancel_on_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                sending.cancel()  # a no-op once the scope has exited
+
+            watcher = asyncio.get_running_loop().create_task(cancel_on_disconnect())
+            try:
+                await self.stream_response(send)
+            finally:
+                watcher.cancel()
+                with anyio.CancelScope(shield=True):
+                    aclose = getattr(self._body, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+        if self.background is not None and not sending.cancelled_caught:
+            await self.background()
+
     async def stream_response(self, send: Send) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                aclose = getattr(self._body, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

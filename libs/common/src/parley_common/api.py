@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -54,13 +55,14 @@ def create_service_app(
     )
     app = FastAPI(
         title=title or f"parley-{service}",
-        lifespan=lifespan,
+        lifespan=_freezing_startup_objects(lifespan),
         docs_url="/docs",
         redoc_url=None,
         telemetry=telemetry,
     )
     app.state.readiness_checks = {}
-    install_error_handlers(app, openai_prefixes=openai_prefixes)
+    # Kept for routes served outside FastAPI's stack (the gateway's hot path) to render errors alike.
+    app.state.errors = install_error_handlers(app, openai_prefixes=openai_prefixes)
 
     def checks() -> dict[str, ReadinessCheck]:
         registered: dict[str, ReadinessCheck] = app.state.readiness_checks
@@ -70,6 +72,33 @@ def create_service_app(
     app.include_router(metrics_router())
     app.add_middleware(RequestContextMiddleware, service=service)
     return app
+
+
+def _freezing_startup_objects(
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[Any]]:
+    """The service's lifespan, then ``gc.freeze()`` once it has started.
+
+    A started service holds ~180,000 long-lived objects (the framework, the models, the tokenizer, the
+    connection pools). Left in the collector's oldest generation, each full collection walks all of
+    them: measured in the gateway, one 126 ms pause every thousand requests or so, stalling every open
+    request and costing ~0.1 ms of CPU per request. Frozen, they are never walked again; objects created
+    while serving are collected as before.
+    """
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        if lifespan is None:
+            gc.collect()
+            gc.freeze()
+            yield
+            return
+        async with lifespan(app):
+            gc.collect()  # what startup left as garbage is freed, not frozen
+            gc.freeze()
+            yield
+
+    return run
 
 
 def serve(app_path: str, service: str, settings: HttpServerSettings) -> None:

@@ -305,6 +305,44 @@ class TestRequestChecks:
         assert (limits["used"], limits["reserved"]) == (0, 0)
 
 
+class TestServedOutsideFastAPI:
+    """The forwarded routes skip FastAPI's layers (hot_path.py); clients and operators see no difference."""
+
+    def test_another_method_on_a_forwarded_path_is_405_in_the_paths_shape(
+        self, stack: Stack, user: Account, echo_url: str
+    ) -> None:
+        httpx.post(echo_url + "/_echo/reset")
+        openai_route = httpx.put(stack.url + "/v1/chat/completions", json=CHAT_BODY, headers=user.headers)
+        assert openai_route.status_code == 405
+        assert openai_route.headers["allow"] == "POST"
+        assert openai_route.json()["error"]["type"] == "invalid_request_error"
+        # POST-only /v1/webhooks/inbound/billing matches the path; /v1/webhooks/{rest} matches it all.
+        later_route = httpx.delete(stack.url + "/v1/webhooks/inbound/billing", headers=user.headers)
+        assert later_route.status_code == 200
+        models = httpx.post(stack.url + "/v1/models", json={}, headers=user.headers)
+        assert models.status_code == 405
+        assert models.headers["allow"] == "GET, HEAD"
+        assert [r["method"] for r in recorded(echo_url)] == ["DELETE"]
+
+    def test_forwarded_requests_are_counted_by_route_and_status(self, stack: Stack, user: Account) -> None:
+        def counted(status: int) -> float:
+            prefix = (
+                'parley_http_requests_total{method="POST",route="/v1/chat/completions",'
+                f'service="gateway",status="{status}"}} '
+            )
+            for line in httpx.get(stack.url + "/metrics").text.splitlines():
+                if line.startswith(prefix):
+                    return float(line.removeprefix(prefix))
+            return 0.0
+
+        ok, refused = counted(200), counted(400)
+        assert httpx.post(stack.url + "/v1/chat/completions", json=CHAT_BODY, headers=user.headers).is_success
+        assert (
+            httpx.post(stack.url + "/v1/chat/completions", json=[1], headers=user.headers).status_code == 400
+        )
+        assert (counted(200), counted(400)) == (ok + 1, refused + 1)
+
+
 class TestWebUI:
     def test_web_dir_is_served_at_root_and_api_routes_win(self, stack: Stack, tmp_path: Path) -> None:
         (tmp_path / "index.html").write_text("<h1>Parley</h1>")

@@ -135,6 +135,36 @@ class ErrorRenderer:
             body["request_id"] = request_id
         return JSONResponse(body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON)
 
+    def for_exception(self, request: Request, exc: Exception) -> JSONResponse:
+        """The response for an exception a route raised: its own status for the ones Parley and
+        Starlette raise on purpose, 400/422 for invalid input, and for anything else a logged 500 that
+        reveals nothing but the request id."""
+        if isinstance(exc, Problem):
+            return self.render(
+                request,
+                exc.status,
+                exc.code,
+                exc.detail,
+                title=exc.title,
+                headers=exc.headers,
+                param=exc.param,
+                **exc.extensions,
+            )
+        if isinstance(exc, StarletteHTTPException):
+            code = {404: "not_found", 405: "method_not_allowed"}.get(
+                exc.status_code, f"http_{exc.status_code}"
+            )
+            detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+            return self.render(request, exc.status_code, code, detail, headers=exc.headers)
+        if isinstance(exc, RequestValidationError):
+            detail, param, cleaned = _validation_detail(list(exc.errors()))
+            # OpenAI answers 400 for a malformed request; problem+json routes use 422 with the full list.
+            if self.is_openai(request.url.path):
+                return self.render(request, 400, "invalid_request_error", detail, param=param)
+            return self.render(request, 422, "validation_error", detail, errors=cleaned)
+        log.exception("http.unhandled_error", path=request.url.path)
+        return self.render(request, 500, "internal_error", "The server failed to handle this request.")
+
 
 def _validation_detail(errors: list[dict[str, Any]]) -> tuple[str, str | None, list[dict[str, Any]]]:
     cleaned = [
@@ -156,39 +186,9 @@ def install_error_handlers(app: FastAPI, *, openai_prefixes: Iterable[str] = ())
     """Register the handlers on ``app``; returns the renderer for code that builds errors by hand."""
     renderer = ErrorRenderer(openai_prefixes)
 
-    async def on_problem(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, Problem)
-        return renderer.render(
-            request,
-            exc.status,
-            exc.code,
-            exc.detail,
-            title=exc.title,
-            headers=exc.headers,
-            param=exc.param,
-            **exc.extensions,
-        )
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        return renderer.for_exception(request, exc)
 
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
-        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return renderer.render(request, exc.status_code, code, detail, headers=exc.headers)
-
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        detail, param, cleaned = _validation_detail(list(exc.errors()))
-        # OpenAI answers 400 for a malformed request; problem+json routes use 422 with the full list.
-        if renderer.is_openai(request.url.path):
-            return renderer.render(request, 400, "invalid_request_error", detail, param=param)
-        return renderer.render(request, 422, "validation_error", detail, errors=cleaned)
-
-    async def on_unexpected(request: Request, _exc: Exception) -> JSONResponse:
-        log.exception("http.unhandled_error", path=request.url.path)
-        return renderer.render(request, 500, "internal_error", "The server failed to handle this request.")
-
-    app.add_exception_handler(Problem, on_problem)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(Exception, on_unexpected)
+    for kind in (Problem, StarletteHTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(kind, on_error)
     return renderer

@@ -13,11 +13,13 @@ from parley_common.api import create_service_app
 from parley_common.db.engine import async_engine, async_session_factory, ping
 from parley_common.logs import get_logger
 from parley_common.process import init_process
+from parley_common.tokens import count_text_tokens
 from redis.exceptions import RedisError
 
 from parley_gateway.config import Settings, get_settings
 from parley_gateway.directory import Directory
 from parley_gateway.forwarding import Upstream
+from parley_gateway.hot_path import HotPath
 from parley_gateway.limits.limiter import Limiter
 from parley_gateway.limits.store import RedisStore
 from parley_gateway.routes import admin, api_keys, auth, me, proxy
@@ -38,13 +40,16 @@ async def _every(seconds: float, job: object) -> None:
             log.exception("gateway.background_job_failed")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> HotPath:
     settings = settings or get_settings()
     init_process("gateway", "api", settings)
     tokens = TokenService(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load the tokenizer now: its first use reads the BPE table (most of a second, synchronously),
+        # which would stall every request in flight behind the first reservation estimate.
+        count_text_tokens("warm up")
         engine = async_engine(settings, "gateway.api")
         sessionmaker = async_session_factory(engine)
         store = RedisStore(
@@ -90,8 +95,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # native instrumentation would record them a second time, on the hot path of every forwarded call.
     app = create_service_app(service="gateway", lifespan=lifespan, openai_prefixes=OPENAI_PREFIXES)
     app.state.settings = settings
-    # Forwarded routes first: the router tries routes in order, and these carry nearly all the traffic.
-    app.router.routes[:0] = proxy.routes()
     app.include_router(auth.router)
     app.include_router(me.router)
     app.include_router(api_keys.router)
@@ -100,4 +103,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if web is not None:
         # Last, so every API route above wins over a file of the same path.
         app.mount("/", StaticFiles(directory=web, html=True), name="web")
-    return app
+    # The forwarded routes, which carry nearly all the traffic, are matched before FastAPI's.
+    return HotPath(app, proxy.routes(), service="gateway")

@@ -18,7 +18,7 @@ from fastapi import Request, Response
 from parley_common.errors import Problem
 from parley_common.responses import EventStreamResponse
 from parley_common.telemetry import inject_context
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
 from parley_gateway.auth import Principal, authenticate, bearer
 from parley_gateway.forwarding import (
@@ -279,7 +279,7 @@ async def to_webhooks_admin(request: Request) -> Response:
 ALL = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def routes() -> list[BaseRoute]:
+def routes() -> list[Route]:
     """The forwarded routes, most specific first."""
     return [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

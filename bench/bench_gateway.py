@@ -1,11 +1,14 @@
 """What the gateway adds: the same completions through the gateway and straight to chat, side by side.
 
-Four runs at a fixed concurrency on the fake provider (no delay): non-streamed and streamed, each through
+Six runs at a fixed concurrency on the fake provider (no delay): non-streamed and streamed, each through
 the gateway (authentication, request ring + token bucket + quota reservation in one Lua script, stream
-lease, internal token, forwarding, settlement) and directly to chat (with an internal token minted here).
-For each: requests/s, p50/p99 latency from wrk, and CPU per request of the gateway and chat processes,
+lease, internal token, forwarding, settlement), directly to chat (with an internal token minted here),
+and through a bare forwarder (uvicorn + aiohttp and nothing else, ``bench/bare_forwarder.py``). For each:
+requests/s, p50/p99 latency from wrk, and CPU per request of the gateway, chat and forwarder processes,
 from their own CPU time over the run (so the load generator's cost never counts). Goal: under 1 ms of
-gateway CPU per request.
+gateway CPU per request. The bare forwarder is the floor under that number on the day's machine: the
+ratio of the two is what the gateway's own work costs, comparable across runs where absolute times are
+not (this shared 2-core machine's speed varies by half from one session to the next).
 
 wrk (a C load generator, aimed at 127.0.0.1 only) keeps the client's own CPU low; it is installed with
 apt-get when missing.
@@ -17,6 +20,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ from parley_common.auth.keys import generate_private_key_pem, jwks_document, loa
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ManagedProcess, venv_command
 
-from bench.context import BenchContext, unlimited_account
+from bench.context import ROOT, BenchContext, unlimited_account
 
 CONNECTIONS = 16
 SECONDS = 10
@@ -155,7 +159,16 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         ),
         ttl=3600,
     )
-    processes = {"gateway": gateway, "chat": chat}
+    bare_port = free_port()
+    bare = ctx.processes.spawn(
+        "bare_forwarder",
+        [sys.executable, "-m", "uvicorn", "bench.bare_forwarder:app", "--port", str(bare_port)]
+        + ["--no-access-log", "--log-level", "warning"],
+        {"BARE_FORWARDER_UPSTREAM": chat_url, "BARE_FORWARDER_TOKEN": internal, "PYTHONPATH": str(ROOT)},
+        ready_url=f"http://127.0.0.1:{bare_port}/livez",
+    )
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    processes = {"gateway": gateway, "chat": chat, "bare_forwarder": bare}
     results: dict[str, Any] = {"connections": CONNECTIONS, "seconds_per_run": SECONDS, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -176,6 +189,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             for path, url, credential in (
                 ("gateway", gateway_url, token),
                 ("direct", chat_url, internal),
+                ("bare_forwarder", bare_url, internal),
             ):
                 script = wrk_script(body, credential, directory, f"{mode}-{path}")
                 measure(wrk, url + "/v1/chat/completions", script, processes, seconds=2)  # warm-up
@@ -191,12 +205,27 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "requests_per_second": {name: run["requests_per_second"] for name, run in runs.items()},
         "p50_ms": {name: run["p50_ms"] for name, run in runs.items()},
         "p99_ms": {name: run["p99_ms"] for name, run in runs.items()},
+        # The same forwarding with nothing around it: what any Python forwarder pays on this machine.
+        "bare_forwarder_cpu_ms_per_request": {
+            m: runs[f"{m}_bare_forwarder"]["bare_forwarder_cpu_ms_per_request"]
+            for m in ("completion", "stream")
+        },
+        "gateway_cpu_vs_bare_forwarder": {
+            m: round(
+                runs[f"{m}_gateway"]["gateway_cpu_ms_per_request"]
+                / max(runs[f"{m}_bare_forwarder"]["bare_forwarder_cpu_ms_per_request"], 0.001),
+                2,
+            )
+            for m in ("completion", "stream")
+        },
         "goal_under_1ms": all(
             runs[f"{m}_gateway"]["gateway_cpu_ms_per_request"] < 1.0 for m in ("completion", "stream")
         ),
     }
     ctx.notes.append(
         "gateway_cpu_ms_per_request is the gateway process's CPU time over a run divided by the requests "
-        "served; the direct runs show the gateway idle (~0)."
+        "served; the other runs show the gateway idle (~0). The bare_forwarder runs forward the same "
+        "requests through uvicorn and aiohttp alone (bench/bare_forwarder.py): the floor under the "
+        "gateway's number on this machine."
     )
     return results

@@ -5,7 +5,8 @@ It records every request it receives (method, path, query, headers, body) and an
 - ``POST /v1/chat/completions`` like chat does under the gateway's usage contract: JSON with ``usage``,
   or, with ``"stream": true``, SSE chunks, then the usage-only chunk ``{"choices": [], "usage": …}``
   whatever the client asked, then ``data: [DONE]``. ``"hang": true`` in the body keeps the stream open
-  after the first chunk until the client leaves; ``"sleep": s`` delays the answer.
+  after the first chunk until the client leaves; ``"sleep": s`` delays the answer; ``"split": n`` sends
+  the stream in pieces of ``n`` bytes, 5 ms apart, so events arrive cut anywhere.
 - anything else: ``{"echo": true, ...}`` with status 200.
 
 ``GET /_echo/requests`` lists what was recorded; ``POST /_echo/reset`` forgets it.
@@ -102,6 +103,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             }
         )
         base = {"id": "chatcmpl-echo", "object": "chat.completion.chunk", "model": "echo"}
+        if request.get("split"):
+            await _send_split(send, base, int(request["split"]))
+            return
         for word in ("hello", " there", " friend"):
             choice = {"index": 0, "delta": {"content": word}, "finish_reason": None}
             await send(
@@ -126,6 +130,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         return
     await _json(send, 200, {"echo": True, "path": path, "method": method})
+
+
+async def _send_split(send: Any, base: dict[str, Any], size: int) -> None:
+    words = [
+        {"index": 0, "delta": {"content": w}, "finish_reason": None} for w in ("hello", " there", " friend")
+    ]
+    stream = b"".join(_chunk({**base, "choices": [choice]}) for choice in words)
+    stream += _chunk({**base, "choices": [], "usage": USAGE}) + b"data: [DONE]\n\n"
+    for start in range(0, len(stream), size):
+        await send({"type": "http.response.body", "body": stream[start : start + size], "more_body": True})
+        await asyncio.sleep(0.005)  # its own TCP segment, read on its own
+    await send({"type": "http.response.body", "body": b""})
 
 
 def main() -> None:

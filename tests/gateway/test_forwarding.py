@@ -125,6 +125,27 @@ class TestModelCalls:
         assert last["usage"]["total_tokens"] == 18
         assert me(stack, user)["limits"]["daily_tokens"]["used"] == 36
 
+    @pytest.mark.parametrize("piece", [1, 7, 64])
+    def test_events_cut_across_reads_arrive_whole_and_the_usage_chunk_is_still_found(
+        self, stack: Stack, user: Account, piece: int
+    ) -> None:
+        body = {**CHAT_BODY, "stream": True, "split": piece}
+        plain = httpx.post(stack.url + "/v1/chat/completions", json=body, headers=user.headers)
+        chunks = sse_data(plain.text)
+        assert plain.text.endswith("data: [DONE]\n\n")
+        assert chunks[-1] == "[DONE]"
+        assert all("usage" not in json.loads(c) for c in chunks[:-1])
+        assert "".join(json.loads(c)["choices"][0]["delta"]["content"] for c in chunks[:-1]) == (
+            "hello there friend"
+        )
+        asked = httpx.post(
+            stack.url + "/v1/chat/completions",
+            json={**body, "stream_options": {"include_usage": True}},
+            headers=user.headers,
+        )
+        assert json.loads(sse_data(asked.text)[-2])["usage"]["total_tokens"] == 18
+        assert me(stack, user)["limits"]["daily_tokens"]["used"] == 36  # both settled from the usage
+
     def test_a_stream_cut_by_the_client_closes_upstream_frees_the_slot_and_settles_an_estimate(
         self, stack: Stack, user: Account, echo_url: str
     ) -> None:

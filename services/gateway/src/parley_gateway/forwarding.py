@@ -176,11 +176,13 @@ def usage_of_json_body(body: bytes, prompt: int) -> int:
 
 
 class StreamRelay:
-    """Relays an SSE reply event by event, keeping what settlement needs.
+    """Relays an SSE reply as it arrives, keeping what settlement needs.
 
-    ``usage`` is set from the usage-only chunk when it arrives; that chunk reaches the client only if
-    ``keep_usage_chunk``. When the stream ends or is cut without one, ``estimate()`` counts what was
-    generated.
+    Work is per block received, not per event: a block passes through as it is, up to its last complete
+    event (the rest waits for the next block), unless it mentions ``"usage":``. Only such a block is cut
+    into events, to record the usage and to take out the usage-only chunk chat appends for the gateway,
+    which reaches the client only if ``keep_usage_chunk``. When the stream ends or is cut without usage,
+    ``estimate()`` counts what was relayed.
     """
 
     def __init__(self, upstream: aiohttp.ClientResponse, keep_usage_chunk: bool) -> None:
@@ -188,62 +190,64 @@ class StreamRelay:
         self.keep_usage_chunk = keep_usage_chunk
         self.usage: int | None = None
         self.completed = False
-        self._events: list[bytes] = []
+        self._relayed: list[bytes] = []
 
     async def events(self) -> AsyncIterator[bytes]:
         pending = b""
         async for data in self.upstream.content.iter_any():
-            pending += data
-            out: list[bytes] = []
-            while True:
-                end = pending.find(b"\n\n")
-                if end < 0:
-                    break
-                event, pending = pending[: end + 2], pending[end + 2 :]
-                if b'"usage":' in event and self._take_usage(event) and not self.keep_usage_chunk:
-                    continue
-                self._events.append(event)
-                out.append(event)
-            if out:
-                yield b"".join(out)
+            if pending:
+                data, pending = pending + data, b""
+            end = data.rfind(b"\n\n")
+            if end < 0:  # no complete event yet
+                pending = data
+                continue
+            if end + 2 < len(data):
+                data, pending = data[: end + 2], data[end + 2 :]
+            if b'"usage":' in data:
+                data = self._take_usage(data)
+            if data:
+                self._relayed.append(data)
+                yield data
         if pending:
+            self._relayed.append(pending)
             yield pending
         self.completed = True
 
-    def _take_usage(self, event: bytes) -> bool:
-        """Record usage from ``event``; True when it is the usage-only chunk (no choices)."""
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                chunk = json.loads(line[5:])
-            except ValueError:
-                return False
-            if not isinstance(chunk, dict):
-                return False
-            total = usage_total(chunk.get("usage"))
-            if total is None:
-                return False
-            self.usage = total
-            return not chunk.get("choices")
-        return False
+    def _take_usage(self, block: bytes) -> bytes:
+        """``block`` with the usage recorded, and without the usage-only chunk unless it is wanted."""
+        kept = []
+        for event in block.split(b"\n\n")[:-1]:
+            chunk = _event_json(event)
+            total = usage_total(chunk.get("usage")) if chunk is not None else None
+            if total is not None:
+                self.usage = total
+                if not chunk.get("choices") and not self.keep_usage_chunk:  # type: ignore[union-attr]
+                    continue
+            kept.append(event + b"\n\n")
+        return b"".join(kept)
 
     def estimate(self, prompt: int) -> int:
         text: list[str] = []
-        for event in self._events:
-            for line in event.split(b"\n"):
-                if not line.startswith(b"data:") or line.startswith(b"data: [DONE]"):
-                    continue
-                try:
-                    chunk = json.loads(line[5:])
-                except ValueError:
-                    continue
-                choices = chunk.get("choices") if isinstance(chunk, dict) else None
-                for choice in choices if isinstance(choices, list) else ():
-                    delta = choice.get("delta") if isinstance(choice, dict) else None
-                    if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                        text.append(delta["content"])
+        for event in b"".join(self._relayed).split(b"\n\n"):
+            chunk = _event_json(event)
+            choices = chunk.get("choices") if chunk is not None else None
+            for choice in choices if isinstance(choices, list) else ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                    text.append(delta["content"])
         return prompt + count_text_tokens("".join(text))
+
+
+def _event_json(event: bytes) -> dict[str, Any] | None:
+    """The JSON object in an SSE event's ``data:`` line; None for ``[DONE]``, comments or garbage."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            try:
+                value = json.loads(line[5:])
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
 
 
 def is_event_stream(upstream: aiohttp.ClientResponse) -> bool:

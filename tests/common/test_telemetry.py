@@ -27,10 +27,14 @@ trace.get_tracer_provider().force_flush()
 
 
 def test_context_crosses_a_carrier_and_continues_the_trace() -> None:
-    configure_tracing("test")
+    configure_tracing("test")  # no exporter: spans are not recorded, their ids still travel
     with tracer().start_as_current_span("producer") as producer:
         headers = inject_context({})
         assert headers["traceparent"] == current_traceparent()
+        assert not producer.is_recording()
+    assert producer.get_span_context().is_valid
+    flags = int(headers["traceparent"].rsplit("-", 1)[1], 16)
+    assert flags & 0x01 == 0  # not "sampled": downstream knows nothing was recorded here
     with span_from_carrier("consumer", headers) as consumer:
         assert consumer.get_span_context().trace_id == producer.get_span_context().trace_id
         assert consumer.get_span_context().span_id != producer.get_span_context().span_id

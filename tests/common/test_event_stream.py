@@ -16,8 +16,10 @@ from fastapi import FastAPI
 from parley_common.api import create_service_app
 from parley_common.responses import EventStreamResponse
 from parley_common.testing.net import free_port
+from starlette.background import BackgroundTask
 
-# What each stream's generator did, by stream name: "cleaned" once its finally block ran.
+# What happened to each stream, by name: "cleaned" once its generator's finally block ran, then
+# "background" once the response's background task ran.
 events: dict[str, list[str]] = {}
 
 
@@ -37,7 +39,9 @@ def make_app() -> FastAPI:
 
     @app.get("/stream/{name}")
     async def stream(name: str, stall: bool = False) -> EventStreamResponse:
-        return EventStreamResponse(body(name, stall), headers={"x-stream": name})
+        response = EventStreamResponse(body(name, stall), headers={"x-stream": name})
+        response.background = BackgroundTask(lambda: events[name].append("background"))
+        return response
 
     return app
 
@@ -82,7 +86,7 @@ def test_a_whole_stream_arrives_and_its_generator_is_cleaned_up_once(server: str
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["x-stream"] == "whole"
     assert response.text == "data: first\n\ndata: second\n\ndata: [DONE]\n\n"
-    wait_for(lambda: events.get("whole") == ["cleaned"])
+    wait_for(lambda: events.get("whole") == ["cleaned", "background"])
 
 
 def test_a_client_leaving_mid_stream_stops_the_generator_at_once(server: str) -> None:
@@ -92,7 +96,7 @@ def test_a_client_leaving_mid_stream_stops_the_generator_at_once(server: str) ->
         assert next(lines) == "data: first"
         assert events["cut"] == []  # the generator is now waiting on its stalled upstream
     # The generator never yields again, so only the disconnect can end it.
-    wait_for(lambda: events["cut"] == ["cleaned"], timeout=2.0)
+    wait_for(lambda: events["cut"] == ["cleaned", "background"], timeout=2.0)
     # The request ended normally (not an error, not a cancelled task) and was counted once.
     wait_for(lambda: requests_counted(server, "/stream/{name}", 200) == before + 1)
     assert requests_counted(server, "/stream/{name}", 500) == 0

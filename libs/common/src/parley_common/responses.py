@@ -53,7 +53,7 @@ class EventStreamResponse(StreamingResponse):
                     aclose = getattr(self._body, "aclose", None)
                     if aclose is not None:
                         await aclose()
-        if self.background is not None and not sending.cancelled_caught:
+        if self.background is not None:  # after a cut stream too, as Starlette runs it
             await self.background()
 
     async def stream_response(self, send: Send) -> None:

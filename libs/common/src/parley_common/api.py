@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -88,12 +88,7 @@ def _freezing_startup_objects(
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        if lifespan is None:
-            gc.collect()
-            gc.freeze()
-            yield
-            return
-        async with lifespan(app):
+        async with lifespan(app) if lifespan is not None else nullcontext():
             gc.collect()  # what startup left as garbage is freed, not frozen
             gc.freeze()
             yield

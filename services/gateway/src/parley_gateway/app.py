@@ -18,13 +18,13 @@ from redis.exceptions import RedisError
 
 from parley_gateway.config import Settings, get_settings
 from parley_gateway.directory import Directory
-from parley_gateway.forwarding import Upstream
 from parley_gateway.hot_path import HotPath
 from parley_gateway.limits.limiter import Limiter
 from parley_gateway.limits.store import RedisStore
 from parley_gateway.routes import admin, api_keys, auth, me, proxy
 from parley_gateway.state import Gateway
 from parley_gateway.tokens import ExternalIssuer, TokenService
+from parley_gateway.upstream import Upstream
 
 OPENAI_PREFIXES = ("/v1/chat/completions", "/v1/models", "/v1/completions", "/v1/embeddings")
 

@@ -1,6 +1,6 @@
 """Talking to the services behind the gateway: request bodies in, responses out.
 
-One pooled aiohttp client per process. Request bodies are read with a size cap and JSON bodies are
+One pooled client per process (``parley_gateway.upstream``). Request bodies are read with a size cap and JSON bodies are
 checked for depth before anything is forwarded. Streamed replies pass through event by event; the
 usage-only chunk chat appends to every stream for the gateway is taken out unless the client asked for
 it (``stream_options.include_usage``).
@@ -9,14 +9,14 @@ it (``stream_options.include_usage``).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from fastapi import Request
 from parley_common.errors import Problem
 from parley_common.tokens import count_text_tokens, estimate_prompt_tokens, message_text
-from yarl import URL
+
+from parley_gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 # Headers that describe one hop (RFC 9110 §7.6.1), or that the gateway sets itself.
 HOP_BY_HOP = frozenset(
@@ -43,37 +43,15 @@ class UpstreamFailed(Exception):
         super().__init__(detail)
         self.problem = Problem(status, code, detail)
 
-
-class Upstream:
-    """The pooled client the gateway forwards with."""
-
-    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
-            auto_decompress=False,  # bodies pass through as the service sent them
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
-
-    async def send(
-        self, method: str, url: str, query: str, headers: Mapping[str, str], body: bytes | None
-    ) -> aiohttp.ClientResponse:
-        target = URL(url + ("?" + query if query else ""), encoded=True)
-        try:
-            return await self.session.request(
-                method, target, headers=headers, data=body, allow_redirects=False, compress=None
-            )
-        except TimeoutError:
-            raise UpstreamFailed(504, "upstream_timeout", "The service did not answer in time.") from None
-        except aiohttp.ClientError:
-            raise UpstreamFailed(502, "upstream_unavailable", "The service is unavailable.") from None
-
-    async def close(self) -> None:
-        await self.session.close()
+    @classmethod
+    def of(cls, error: UpstreamError) -> UpstreamFailed:
+        if isinstance(error, UpstreamTimeout):
+            return cls(504, "upstream_timeout", "The service did not answer in time.")
+        return cls(502, "upstream_unavailable", "The service is unavailable.")
 
 
-def response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    return {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+def response_headers(upstream: UpstreamResponse) -> dict[str, str]:
+    return {k: v for k, v in upstream.headers.items() if k not in HOP_BY_HOP}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -185,7 +163,7 @@ class StreamRelay:
     ``estimate()`` counts what was relayed.
     """
 
-    def __init__(self, upstream: aiohttp.ClientResponse, keep_usage_chunk: bool) -> None:
+    def __init__(self, upstream: UpstreamResponse, keep_usage_chunk: bool) -> None:
         self.upstream = upstream
         self.keep_usage_chunk = keep_usage_chunk
         self.usage: int | None = None
@@ -194,7 +172,8 @@ class StreamRelay:
 
     async def events(self) -> AsyncIterator[bytes]:
         pending = b""
-        async for data in self.upstream.content.iter_any():
+        receive = self.upstream.receive
+        while data := await receive():
             if pending:
                 data, pending = pending + data, b""
             end = data.rfind(b"\n\n")
@@ -250,5 +229,5 @@ def _event_json(event: bytes) -> dict[str, Any] | None:
     return None
 
 
-def is_event_stream(upstream: aiohttp.ClientResponse) -> bool:
-    return upstream.headers.get("content-type", "").startswith("text/event-stream")
+def is_event_stream(upstream: UpstreamResponse) -> bool:
+    return (upstream.headers.get("content-type") or "").startswith("text/event-stream")

@@ -8,10 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from parley_gateway.config import Settings
 from parley_gateway.directory import Directory
-from parley_gateway.forwarding import Upstream
 from parley_gateway.limits.limiter import Limiter
 from parley_gateway.limits.store import RedisStore
 from parley_gateway.tokens import ExternalIssuer, TokenService
+from parley_gateway.upstream import Upstream
 
 
 @dataclass

@@ -36,6 +36,7 @@ from parley_gateway.forwarding import (
 from parley_gateway.limits.headers import rate_limit_headers
 from parley_gateway.limits.limiter import Grant, LimitsUnavailable, RateLimited, StaleIdentity
 from parley_gateway.state import Gateway
+from parley_gateway.upstream import UpstreamError, UpstreamResponse
 
 # Request headers never passed through as they are (hop-by-hop, or set by the gateway).
 HOP_BY_HOP_REQUEST = frozenset(
@@ -135,16 +136,31 @@ def _upstream_headers(
     return headers
 
 
-async def _send(gw: Gateway, request: Request, base_url: str, headers: dict[str, str], body: bytes) -> Any:
+async def _send(
+    gw: Gateway, request: Request, base_url: str, headers: dict[str, str], body: bytes
+) -> UpstreamResponse:
     # The service continues the gateway's server span (traceparent); a client span of its own would add
     # little to a trace and cost every request.
     inject_context(headers)
+    scope = request.scope
     try:
         return await gw.upstream.send(
-            request.method, base_url + request.url.path, request.url.query, headers, body if body else None
+            scope["method"],
+            base_url,
+            scope.get("raw_path") or scope["path"].encode(),
+            scope["query_string"],
+            headers,
+            body if body else None,
         )
-    except UpstreamFailed as exc:
-        raise exc.problem from None
+    except UpstreamError as exc:
+        raise UpstreamFailed.of(exc).problem from None
+
+
+async def _read(upstream: UpstreamResponse) -> bytes:
+    try:
+        return await upstream.read()
+    except UpstreamError as exc:
+        raise UpstreamFailed.of(exc).problem from None
 
 
 async def _model_call(request: Request, base_url: str) -> Response:
@@ -169,7 +185,7 @@ async def _model_call(request: Request, base_url: str) -> Response:
     headers.update(rate_limit_headers(grant.decision))
     if not is_event_stream(upstream):
         try:
-            content = await upstream.read()
+            content = await _read(upstream)
         except BaseException:
             upstream.close()
             limiter.settle(grant, 0)
@@ -219,14 +235,14 @@ async def _relay_plain(upstream: Any, extra_headers: dict[str, str]) -> Response
 
         async def passthrough() -> Any:
             try:
-                async for data in upstream.content.iter_any():
+                while data := await upstream.receive():
                     yield data
             finally:
-                upstream.close()
+                upstream.release()  # kept alive only when the body was read to the end
 
         return EventStreamResponse(passthrough(), status_code=upstream.status, headers=headers)
     try:
-        content = await upstream.read()
+        content = await _read(upstream)
     finally:
         upstream.release()
     return Response(content, status_code=upstream.status, headers=headers)

@@ -31,6 +31,10 @@ class HttpServerSettings(ParleySettings):
     http_graceful_shutdown: float = Field(
         30.0, description="Seconds open requests (SSE streams) get to finish on SIGTERM"
     )
+    # Longer than the idle time of whoever keeps connections to this process (the gateway's pool: 30 s,
+    # load balancers: usually 60 s), so the server is never the side that closes an idle connection
+    # just as a request goes out on it.
+    http_keep_alive: int = Field(75, ge=1, description="Seconds an idle keep-alive connection stays open")
 
 
 def create_service_app(
@@ -115,6 +119,7 @@ def serve(app_path: str, service: str, settings: HttpServerSettings) -> None:
         proxy_headers=True,
         server_header=False,
         timeout_graceful_shutdown=int(settings.http_graceful_shutdown),
+        timeout_keep_alive=settings.http_keep_alive,
     )
 
 

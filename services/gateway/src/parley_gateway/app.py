@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> HotPath:
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_timeout,
             max_connections=settings.upstream_max_connections,
+            idle_timeout=settings.upstream_idle_timeout,
         )
         app.state.gw = Gateway(
             settings=settings,

@@ -66,6 +66,9 @@ class Settings(HttpServerSettings, DatabaseSettings, RedisSettings, RabbitSettin
     upstream_timeout: float = Field(300.0, description="Seconds to wait for a service's next bytes")
     upstream_connect_timeout: float = Field(3.0, description="Seconds to connect to a service")
     upstream_max_connections: int = Field(1000, ge=1, description="Pooled connections to the services")
+    upstream_idle_timeout: float = Field(
+        30.0, gt=0, description="Seconds a pooled connection may sit unused (below the services' keep-alive)"
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body forwarded")
     max_json_depth: int = Field(32, ge=2, description="Deepest JSON nesting accepted in a request body")
 

@@ -44,6 +44,7 @@ def serve() -> None:
         proxy_headers=True,
         server_header=False,
         timeout_graceful_shutdown=int(settings.http_graceful_shutdown),
+        timeout_keep_alive=settings.http_keep_alive,
     )
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -1,6 +1,6 @@
 """The Redis side of the limits: the scripts, explicit timeouts, and a breaker.
 
-Calls made together are sent together (one pipeline, one script per call). Every batch is bounded by
+Calls made together are sent together (one write, one script per call). Every batch is bounded by
 the command timeout (connect, handshake and reply), not counting time the gateway's own event loop was
 busy elsewhere, so no request waits on a stalled Redis longer than that. A failed call starts a probe;
 when the probe fails too, the breaker opens and requests go straight to the fallback policy until a
@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 import redis.asyncio as redis
 from parley_common.logs import get_logger
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from parley_gateway.limits import lua
 
@@ -75,6 +76,13 @@ class RedisStore:
             max_connections=max_connections,
             driver_info=None,  # no CLIENT SETINFO round trip on every new connection
         )
+        # The batches' own connections (at most MAX_BATCHES_IN_FLIGHT): the command timeout is enforced
+        # around each batch (_bounded), so they carry no socket timeout of their own, which in redis-py
+        # costs a task per write and a timeout scope per reply.
+        pool = self.client.connection_pool
+        self._batch_connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._batch_connection_class = pool.connection_class
+        self._idle_connections: list[AbstractConnection] = []
         self.timeout = command_timeout
         self.breaker_seconds = breaker_seconds
         self.sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
@@ -113,7 +121,9 @@ class RedisStore:
 
     async def warm_up(self) -> None:
         """Open the connections the batches will use, before traffic arrives."""
-        await asyncio.gather(*(self.client.ping() for _ in range(MAX_BATCHES_IN_FLIGHT)))
+        connections = [self._batch_connection() for _ in range(MAX_BATCHES_IN_FLIGHT)]
+        await asyncio.gather(*(c.connect() for c in connections if not c.is_connected))  # type: ignore[no-untyped-call]
+        self._idle_connections.extend(connections)
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script; raises StoreUnavailable (and trips the breaker) when Redis fails or stalls."""
@@ -236,14 +246,39 @@ class RedisStore:
         deadline = self._deadline_ms()
         return [deadline if a is DEADLINE else a for a in args]
 
+    def _batch_connection(self) -> AbstractConnection:
+        if self._idle_connections:
+            return self._idle_connections.pop()
+        return self._batch_connection_class(**self._batch_connection_kwargs)  # type: ignore[no-any-return]
+
     async def _execute(
         self, batch: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]]
     ) -> list[Any]:
+        """Send the batch's scripts in one write and read their replies (a script's error as its result).
+
+        The commands are packed here, not by redis-py's pipeline: its generic packing and bookkeeping
+        cost as much CPU as the rest of an admission (``make bench``). Connecting, the handshake and
+        reading replies stay redis-py's.
+        """
         for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for name, keys, args, _ in batch:
-                pipe.evalsha(self.sha[name], len(keys), *keys, *self._with_deadlines(args))
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            packed = b"".join(
+                _pack(("EVALSHA", self.sha[name], len(keys), *keys, *self._with_deadlines(args)))
+                for name, keys, args, _ in batch
+            )
+            connection = self._batch_connection()
+            try:
+                await connection.send_packed_command(packed, check_health=False)
+                results: list[Any] = []
+                for _ in batch:
+                    try:
+                        results.append(await connection.read_response())
+                    except ResponseError as exc:
+                        results.append(exc)
+            except BaseException:
+                # Cancelled (the batch timed out) or failed: replies may still be on their way.
+                await connection.disconnect(nowait=True)
+                raise
+            self._idle_connections.append(connection)
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
                 await self.load_scripts()  # Redis restarted empty
                 continue
@@ -296,7 +331,28 @@ class RedisStore:
         for task in (self._probe, self._lag_watcher):
             if task is not None:
                 task.cancel()
+        for connection in self._idle_connections:
+            await connection.disconnect()
+        self._idle_connections.clear()
         await self.client.aclose()
+
+
+def _pack(command: Sequence[Any]) -> bytes:
+    """One command in RESP: an array of bulk strings (str as UTF-8, int and float as their text)."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        elif isinstance(arg, float):
+            data = repr(arg).encode()
+        else:
+            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

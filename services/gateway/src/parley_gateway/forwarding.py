@@ -196,6 +196,9 @@ class StreamRelay:
         """``block`` with the usage recorded, and without the usage-only chunk unless it is wanted."""
         kept = []
         for event in block.split(b"\n\n")[:-1]:
+            if b'"usage":' not in event:  # most events of the block: passed on unparsed
+                kept.append(event + b"\n\n")
+                continue
             chunk = _event_json(event)
             total = usage_total(chunk.get("usage")) if chunk is not None else None
             if total is not None:

@@ -283,6 +283,13 @@ class TestRequestChecks:
         not_object = httpx.post(stack.url + "/v1/chat/completions", json=[1, 2], headers=user.headers)
         assert not_object.status_code == 400
         assert recorded(echo_url) == []
+        # Many brackets but shallow (and brackets inside strings): depth, not bracket count, decides.
+        wide = httpx.post(
+            stack.url + "/v1/chat/completions",
+            json={**CHAT_BODY, "metadata": {"lists": [[i] for i in range(100)], "text": "[[[[{{{{" * 10}},
+            headers=user.headers,
+        )
+        assert wide.status_code == 200, wide.text
 
     def test_a_slow_service_is_504_and_the_reservation_is_refunded(self, stack: Stack, user: Account) -> None:
         response = httpx.post(

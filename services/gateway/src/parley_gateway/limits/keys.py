@@ -21,6 +21,7 @@ class Periods:
     """The current UTC day and month, recomputed only when the day changes."""
 
     day_end: float  # epoch seconds
+    month_end: float
     day_at: datetime
     day_ttl: int
     month_ttl: int
@@ -30,7 +31,7 @@ class Periods:
         at = datetime.fromtimestamp(now, UTC)
         day_end = period_end("day", at).timestamp()
         month_end = period_end("month", at).timestamp()
-        return cls(day_end, at, int(day_end - now) + _MARGIN, int(month_end - now) + _MARGIN)
+        return cls(day_end, month_end, at, int(day_end - now) + _MARGIN, int(month_end - now) + _MARGIN)
 
 
 _periods = Periods.at(time.time())
@@ -44,12 +45,10 @@ def current_periods() -> Periods:
     return _periods
 
 
-def seconds_to(period: str, now: float | None = None) -> float:
+def seconds_to(period: str) -> float:
     """Seconds until the current day or month ends (UTC)."""
-    now = time.time() if now is None else now
-    return (
-        period_end("day" if period == "day" else "month", datetime.fromtimestamp(now, UTC)).timestamp() - now
-    )
+    periods = current_periods()
+    return (periods.day_end if period == "day" else periods.month_end) - time.time()
 
 
 @dataclass(slots=True)

@@ -86,6 +86,7 @@ class RedisStore:
         self.timeout = command_timeout
         self.breaker_seconds = breaker_seconds
         self.sha = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
+        self._packed_keys: dict[tuple[str, ...], bytes] = {}  # a user's keys change once a day at most
         self._down = False
         self._queue: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -251,6 +252,16 @@ class RedisStore:
             return self._idle_connections.pop()
         return self._batch_connection_class(**self._batch_connection_kwargs)  # type: ignore[no-any-return]
 
+    def _pack_evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+        key = (name, *keys)
+        head = self._packed_keys.get(key)  # the command, the script and the keys: the same every call
+        if head is None:
+            if len(self._packed_keys) >= 50_000:
+                self._packed_keys.clear()  # rare; rebuilt on use
+            head = _pack_items(("EVALSHA", self.sha[name], len(keys), *keys))
+            self._packed_keys[key] = head
+        return b"*%d\r\n%s%s" % (3 + len(keys) + len(args), head, _pack_items(args))
+
     async def _execute(
         self, batch: list[tuple[str, Sequence[str], Sequence[Any], asyncio.Future[Any]]]
     ) -> list[Any]:
@@ -262,8 +273,7 @@ class RedisStore:
         """
         for attempt in (1, 2):
             packed = b"".join(
-                _pack(("EVALSHA", self.sha[name], len(keys), *keys, *self._with_deadlines(args)))
-                for name, keys, args, _ in batch
+                self._pack_evalsha(name, keys, self._with_deadlines(args)) for name, keys, args, _ in batch
             )
             connection = self._batch_connection()
             try:
@@ -337,20 +347,13 @@ class RedisStore:
         await self.client.aclose()
 
 
-def _pack(command: Sequence[Any]) -> bytes:
-    """One command in RESP: an array of bulk strings (str as UTF-8, int and float as their text)."""
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        if isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, int):
-            data = b"%d" % arg
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
-            raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+def _pack_items(items: Sequence[Any]) -> bytes:
+    """Bulk strings: bytes as they are; str, int and float as their text in UTF-8."""
+    parts = []
+    for item in items:
+        if type(item) is bool or not isinstance(item, str | bytes | int | float):
+            raise TypeError(f"cannot send {type(item).__name__} to Redis")
+        data = item if type(item) is bytes else str(item).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 

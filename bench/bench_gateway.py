@@ -1,15 +1,17 @@
 """What the gateway adds: the same completions through the gateway and straight to chat, side by side.
 
-Six runs at a fixed concurrency on the fake provider (no delay): non-streamed and streamed, each through
+Eight runs at a fixed concurrency on the fake provider (no delay): non-streamed and streamed, each through
 the gateway (authentication, request ring + token bucket + quota reservation in one Lua script, stream
 lease, internal token, forwarding, settlement), directly to chat (with an internal token minted here),
-and through a bare forwarder (uvicorn + aiohttp and nothing else, ``bench/bare_forwarder.py``), in three
-interleaved rounds of 5 s. For each: requests/s, p50/p99 latency from wrk, and CPU per request of the
-gateway, chat and forwarder processes, from their own CPU time over the run (so the load generator's cost
-never counts); the headline figure is the median of the rounds, each round is kept beside it. Goal:
-under 1 ms of gateway CPU per request. The bare forwarder is the floor under that number on the day's
-machine: the ratio of the two is what the gateway's own work costs, comparable across runs where absolute
-times are not (this shared 2-core machine's speed varies by half from one session to the next).
+through a bare forwarder (uvicorn + the gateway's own HTTP client and nothing else,
+``bench/bare_forwarder.py``) and through the same forwarder on aiohttp's client, in three interleaved
+rounds of 5 s. For each: requests/s, p50/p99 latency from wrk, and CPU per request of the gateway, chat
+and forwarder processes, from their own CPU time over the run (so the load generator's cost never
+counts); the headline figure is the median of the rounds, each round is kept beside it. Goal: under 1 ms
+of gateway CPU per request. The bare forwarder is the floor under that number on the day's machine: the
+ratio of the two is what the gateway's own work costs, comparable across runs where absolute times are
+not (this shared 2-core machine's speed varies by more than half from one session to the next; chat's
+own CPU per request, in the same file, shows the day's speed).
 
 wrk (a C load generator, aimed at 127.0.0.1 only) keeps the client's own CPU low; it is installed with
 apt-get when missing.
@@ -171,16 +173,25 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         ),
         ttl=3600,
     )
-    bare_port = free_port()
-    bare = ctx.processes.spawn(
-        "bare_forwarder",
-        [sys.executable, "-m", "uvicorn", "bench.bare_forwarder:app", "--port", str(bare_port)]
-        + ["--no-access-log", "--log-level", "warning"],
-        {"BARE_FORWARDER_UPSTREAM": chat_url, "BARE_FORWARDER_TOKEN": internal, "PYTHONPATH": str(ROOT)},
-        ready_url=f"http://127.0.0.1:{bare_port}/livez",
-    )
-    bare_url = f"http://127.0.0.1:{bare_port}"
-    processes = {"gateway": gateway, "chat": chat, "bare_forwarder": bare}
+    floors: dict[str, tuple[str, ManagedProcess]] = {}
+    for floor, client in (("bare_forwarder", "parley"), ("aiohttp_forwarder", "aiohttp")):
+        port = free_port()
+        floors[floor] = (
+            f"http://127.0.0.1:{port}",
+            ctx.processes.spawn(
+                floor,
+                [sys.executable, "-m", "uvicorn", "bench.bare_forwarder:app", "--port", str(port)]
+                + ["--no-access-log", "--log-level", "warning"],
+                {
+                    "BARE_FORWARDER_UPSTREAM": chat_url,
+                    "BARE_FORWARDER_TOKEN": internal,
+                    "BARE_FORWARDER_CLIENT": client,
+                    "PYTHONPATH": str(ROOT),
+                },
+                ready_url=f"http://127.0.0.1:{port}/livez",
+            ),
+        )
+    processes = {"gateway": gateway, "chat": chat, **{name: proc for name, (_, proc) in floors.items()}}
     results: dict[str, Any] = {
         "connections": CONNECTIONS,
         "seconds_per_round": SECONDS,
@@ -206,7 +217,10 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             targets = {
                 "gateway": (gateway_url, wrk_script(body, token, directory, f"{mode}-gateway")),
                 "direct": (chat_url, wrk_script(body, internal, directory, f"{mode}-direct")),
-                "bare_forwarder": (bare_url, wrk_script(body, internal, directory, f"{mode}-bare")),
+                **{
+                    floor: (url, wrk_script(body, internal, directory, f"{mode}-{floor}"))
+                    for floor, (url, _) in floors.items()
+                },
             }
             for url, script in targets.values():
                 measure(wrk, url + "/v1/chat/completions", script, processes, seconds=2)  # warm-up
@@ -226,9 +240,14 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "requests_per_second": {name: run["requests_per_second"] for name, run in runs.items()},
         "p50_ms": {name: run["p50_ms"] for name, run in runs.items()},
         "p99_ms": {name: run["p99_ms"] for name, run in runs.items()},
-        # The same forwarding with nothing around it: what any Python forwarder pays on this machine.
+        # The same forwarding with nothing around it, on the gateway's own server and client: the floor
+        # under the gateway's number on this machine. And with aiohttp's client: a typical Python forwarder.
         "bare_forwarder_cpu_ms_per_request": {
             m: runs[f"{m}_bare_forwarder"]["bare_forwarder_cpu_ms_per_request"]
+            for m in ("completion", "stream")
+        },
+        "aiohttp_forwarder_cpu_ms_per_request": {
+            m: runs[f"{m}_aiohttp_forwarder"]["aiohttp_forwarder_cpu_ms_per_request"]
             for m in ("completion", "stream")
         },
         "gateway_cpu_vs_bare_forwarder": {
@@ -246,7 +265,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     ctx.notes.append(
         "gateway_cpu_ms_per_request is the gateway process's CPU time over a run divided by the requests "
         "served; the other runs show the gateway idle (~0). The bare_forwarder runs forward the same "
-        "requests through uvicorn and aiohttp alone (bench/bare_forwarder.py): the floor under the "
-        "gateway's number on this machine."
+        "requests through uvicorn and the gateway's own HTTP client alone (bench/bare_forwarder.py): the "
+        "floor under the gateway's number on this machine. The aiohttp_forwarder runs do the same with "
+        "aiohttp's client, as a typical Python forwarder would."
     )
     return results

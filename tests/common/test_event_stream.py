@@ -14,13 +14,14 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from parley_common.api import create_service_app
-from parley_common.responses import EventStreamResponse
+from parley_common.responses import EventStreamResponse, LastChunk
 from parley_common.testing.net import free_port
 from starlette.background import BackgroundTask
 
 # What happened to each stream, by name: "cleaned" once its generator's finally block ran, then
 # "background" once the response's background task ran.
 events: dict[str, list[str]] = {}
+releases: dict[str, asyncio.Event] = {}
 
 
 def make_app() -> FastAPI:
@@ -36,6 +37,27 @@ def make_app() -> FastAPI:
             yield b"data: [DONE]\n\n"
         finally:
             events[name].append("cleaned")
+
+    async def ending(name: str) -> AsyncIterator[bytes]:
+        events[name] = []
+        releases[name] = asyncio.Event()
+        try:
+            yield b"data: first\n\n"
+            yield LastChunk(b"data: [DONE]\n\n")
+            await releases[name].wait()  # an upstream that ends its own reply only later
+            events[name].append("drained")
+            yield b"data: never sent\n\n"
+        finally:
+            events[name].append("cleaned")
+
+    @app.get("/ending/{name}")
+    async def ending_stream(name: str) -> EventStreamResponse:
+        return EventStreamResponse(ending(name))
+
+    @app.post("/release/{name}")
+    async def release(name: str) -> dict[str, str]:
+        releases[name].set()
+        return {}
 
     @app.get("/stream/{name}")
     async def stream(name: str, stall: bool = False) -> EventStreamResponse:
@@ -102,3 +124,12 @@ def test_a_client_leaving_mid_stream_stops_the_generator_at_once(server: str) ->
     assert requests_counted(server, "/stream/{name}", 500) == 0
     # The server still serves.
     assert httpx.get(server + "/stream/after").text.endswith("data: [DONE]\n\n")
+
+
+def test_a_last_chunk_completes_the_response_at_once_and_the_body_still_runs_to_its_end(server: str) -> None:
+    response = httpx.get(server + "/ending/last", timeout=10)  # the body cannot end before /release
+    assert response.text == "data: first\n\ndata: [DONE]\n\n"
+    assert events["last"] == []
+    # The client has left by now; the body's end still runs, uncut, and nothing after it was sent.
+    httpx.post(server + "/release/last")
+    wait_for(lambda: events["last"] == ["drained", "cleaned"])

@@ -48,6 +48,9 @@ class RequestContextMiddleware:
         self.app = app
         self.service = service
         self.tracer = tracer("parley.http")
+        # Each (method, route, status)'s metric children, looked up once: labels() costs a lock and a
+        # tuple check on every call, and the set of routes and statuses is small and fixed.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,8 +100,16 @@ class RequestContextMiddleware:
             span.set_attribute("http.response.status_code", status)
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
-            HTTP_REQUESTS.labels(self.service, method, route_path, str(status)).inc()
-            HTTP_LATENCY.labels(self.service, method, route_path).observe(elapsed)
+            children = self._children.get((method, route_path, status))
+            if children is None:
+                children = (
+                    HTTP_REQUESTS.labels(self.service, method, route_path, str(status)),
+                    HTTP_LATENCY.labels(self.service, method, route_path),
+                )
+                if len(self._children) < 10_000:  # bounded: methods and statuses come from clients
+                    self._children[(method, route_path, status)] = children
+            children[0].inc()
+            children[1].observe(elapsed)
             if path not in _QUIET_PATHS:
                 log.info(
                     "http.request",

@@ -10,6 +10,17 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 
+class LastChunk(bytes):
+    """The body chunk that completes the response (the event that ends the stream, ``data: [DONE]``).
+
+    It goes out together with the end of the response, so the client has the whole reply at once. The
+    body iterator still runs to its end afterwards, unheard by the client: its cleanup (reading the
+    upstream's own end of the reply, so the connection is reused) belongs to the request.
+    """
+
+    __slots__ = ()
+
+
 class EventStreamResponse(StreamingResponse):
     """``text/event-stream`` that stops when the client disconnects and closes its body iterator.
 
@@ -35,6 +46,7 @@ class EventStreamResponse(StreamingResponse):
             headers={"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})},
         )
         self._body = content
+        self._complete = False  # the client has the whole response (from then on, leaving cuts nothing)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with anyio.CancelScope() as sending:
@@ -42,7 +54,8 @@ class EventStreamResponse(StreamingResponse):
             async def cancel_on_disconnect() -> None:
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                sending.cancel()  # a no-op once the scope has exited
+                if not self._complete:  # a complete response is not cut by the client leaving
+                    sending.cancel()  # a no-op once the scope has exited
 
             watcher = asyncio.get_running_loop().create_task(cancel_on_disconnect())
             finished = False
@@ -61,5 +74,12 @@ class EventStreamResponse(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async for chunk in self.body_iterator:
+            if type(chunk) is LastChunk:
+                self._complete = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                async for _ in self.body_iterator:  # its cleanup; nothing more reaches the client
+                    pass
+                return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self._complete = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})

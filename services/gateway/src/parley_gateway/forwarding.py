@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Request
 from parley_common.errors import Problem
+from parley_common.responses import LastChunk
 from parley_common.tokens import count_text_tokens, estimate_prompt_tokens, message_text
 
 from parley_gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -188,7 +189,9 @@ class StreamRelay:
                 data = self._take_usage(data)
             if data:
                 self._relayed.append(data)
-                yield data
+                # The stream's own end: the client gets it with the end of the response, at once, while
+                # the relay reads on to the end of chat's reply (its connection is then reused).
+                yield LastChunk(data) if data.endswith(b"data: [DONE]\n\n") else data
         if pending:
             self._relayed.append(pending)
             yield pending

@@ -54,6 +54,7 @@ HOP_BY_HOP_REQUEST = frozenset(
         "tracestate",
     }
 )
+_FORWARDED_RAW = frozenset(name.encode() for name in FORWARDED_REQUEST_HEADERS)
 _REFUSALS = {
     "requests": ("rate_limit_exceeded", "Rate limit reached for requests"),
     "tokens": ("rate_limit_exceeded", "Rate limit reached for tokens"),
@@ -126,7 +127,11 @@ async def _admit(
 def _upstream_headers(
     gw: Gateway, request: Request, principal: Principal | None, *, model_call: bool
 ) -> dict[str, str]:
-    headers = {name: value for name in FORWARDED_REQUEST_HEADERS if (value := request.headers.get(name))}
+    headers = {
+        name.decode(): value.decode("latin-1")
+        for name, value in request.scope["headers"]
+        if name in _FORWARDED_RAW and value
+    }
     if principal is not None:
         token = gw.directory.internal_token(principal.account, principal.api_key_id)
         headers["authorization"] = "Bearer " + token

@@ -7,12 +7,16 @@ closes idle connections, one that never answers, …), so every path of the clie
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from parley_gateway.upstream import HIGH_WATER, Upstream, UpstreamError, UpstreamTimeout
+
+from tests.support.tls import make_tls_files
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[object]]
 
@@ -25,7 +29,7 @@ class Server:
 
 
 @asynccontextmanager
-async def serve(handler: Handler) -> AsyncIterator[Server]:
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     """A loopback server calling ``handler(reader, writer, connection_number)`` per connection."""
     state = Server()
 
@@ -38,7 +42,7 @@ async def serve(handler: Handler) -> AsyncIterator[Server]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
     state.port = server.sockets[0].getsockname()[1]
     try:
         yield state
@@ -335,3 +339,40 @@ async def test_a_header_value_with_a_line_break_is_never_sent() -> None:
             await get(upstream, state.port, headers={"x-a": "1\r\nx-injected: 2"})
         await upstream.close()
     assert state.connections == 0
+
+
+async def test_https_is_verified_against_the_trusted_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, cert, key = make_tls_files(tmp_path, ["service.test"])
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    state_ref: list[Server] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await read_request(reader, state_ref[0])
+            writer.write(reply(b"secret"))
+            await writer.drain()
+
+    async with serve(handler, tls) as state:
+        state_ref.append(state)
+        untrusting = client()  # the system's certificates only: our test CA is not among them
+        with pytest.raises(UpstreamError):
+            await untrusting.send("GET", f"https://127.0.0.1:{state.port}", b"/", b"", {}, None)
+        await untrusting.close()
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # OpenSSL's default trust store, as deployments set it
+        upstream = client()
+        response = await upstream.send("GET", f"https://127.0.0.1:{state.port}", b"/", b"", {}, None)
+        assert await response.read() == b"secret"
+        response.release()
+        assert await get_https(upstream, state.port) == b"secret"
+        await upstream.close()
+    assert state.connections == 1  # one connection, kept alive, served both (the refused one never got in)
+
+
+async def get_https(upstream: Upstream, port: int) -> bytes:
+    response = await upstream.send("GET", f"https://127.0.0.1:{port}", b"/", b"", {}, None)
+    content = await response.read()
+    response.release()
+    return content

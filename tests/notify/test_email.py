@@ -18,12 +18,12 @@ from parley_common.testing.processes import ManagedProcess, ProcessManager
 
 from tests.notify.support import SmtpSink, start_smtp_sink
 from tests.support.db import query
+from tests.support.tls import make_tls_files
 from tests.webhooks.events import plan_changed, quota_crossed, registered
 from tests.webhooks.support import (
     Identity,
     Isolated,
     base_env,
-    make_tls_files,
     publish,
     start_notify,
     wait_for,

@@ -18,6 +18,7 @@ from parley_common.testing.net import free_port
 from parley_common.testing.processes import ProcessManager
 from standardwebhooks import Webhook
 
+from tests.support.tls import make_tls_files
 from tests.webhooks.events import message_completed, plan_changed, quota_crossed
 from tests.webhooks.support import (
     Isolated,
@@ -26,7 +27,6 @@ from tests.webhooks.support import (
     attempts,
     deliveries,
     endpoint_row,
-    make_tls_files,
     new_endpoint,
     settled,
     start_receiver,

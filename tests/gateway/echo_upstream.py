@@ -5,7 +5,8 @@ It records every request it receives (method, path, query, headers, body) and an
 - ``POST /v1/chat/completions`` like chat does under the gateway's usage contract: JSON with ``usage``,
   or, with ``"stream": true``, SSE chunks, then the usage-only chunk ``{"choices": [], "usage": …}``
   whatever the client asked, then ``data: [DONE]``. ``"hang": true`` in the body keeps the stream open
-  after the first chunk until the client leaves; ``"sleep": s`` delays the answer; ``"split": n`` sends
+  after the first chunk until the client leaves; ``"linger": s`` ends the reply s seconds after
+  ``data: [DONE]``; ``"sleep": s`` delays the answer; ``"split": n`` sends
   the stream in pieces of ``n`` bytes, 5 ms apart, so events arrive cut anywhere.
 - anything else: ``{"echo": true, ...}`` with status 200.
 
@@ -127,6 +128,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 "more_body": True,
             }
         )
+        if request.get("linger"):  # the stream is over, but the reply itself ends only later
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+            await asyncio.sleep(float(request["linger"]))
+            await send({"type": "http.response.body", "body": b""})
+            return
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         return
     await _json(send, 200, {"echo": True, "path": path, "method": method})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,25 @@ class TestModelCalls:
         assert after["concurrent_streams"]["remaining"] == after["concurrent_streams"]["limit"]
         # Estimated offline: the prompt plus the one word the client received.
         assert 5 < after["daily_tokens"]["used"] < 30
+
+    def test_a_stream_is_complete_and_settled_at_its_done_event_though_the_service_ends_later(
+        self, stack: Stack, user: Account
+    ) -> None:
+        # The service ends its reply 5 s after [DONE]; the gateway gives up on that end after its read
+        # timeout (1.5 s here) and closes the connection, with nothing to tell the client.
+        started = time.monotonic()
+        response = httpx.post(
+            stack.url + "/v1/chat/completions",
+            json={**CHAT_BODY, "stream": True, "linger": 5},
+            headers=user.headers,
+            timeout=10,
+        )
+        assert response.text.endswith("data: [DONE]\n\n")
+        assert time.monotonic() - started < 1.4  # neither the service's end nor the read timeout awaited
+        limits = me(stack, user)["limits"]
+        assert limits["concurrent_streams"]["remaining"] == limits["concurrent_streams"]["limit"]
+        assert limits["daily_tokens"]["reserved"] == 0
+        assert limits["daily_tokens"]["used"] == 18  # settled from the stream's usage chunk
 
     def test_the_openai_sdk_streams_through_the_gateway(self, stack: Stack, user: Account) -> None:
         import openai

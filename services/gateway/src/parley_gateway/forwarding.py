@@ -175,8 +175,17 @@ class StreamRelay:
 
     async def events(self) -> AsyncIterator[bytes]:
         pending = b""
+        ended = False  # data: [DONE] has gone to the client
         receive = self.upstream.receive
-        while data := await receive():
+        while True:
+            try:
+                data = await receive()
+            except UpstreamError:
+                if ended:  # the client has the whole stream; only the end of chat's reply is missing
+                    return
+                raise
+            if not data:
+                break
             if pending:
                 data, pending = pending + data, b""
             end = data.rfind(b"\n\n")
@@ -191,7 +200,11 @@ class StreamRelay:
                 self._relayed.append(data)
                 # The stream's own end: the client gets it with the end of the response, at once, while
                 # the relay reads on to the end of chat's reply (its connection is then reused).
-                yield LastChunk(data) if data.endswith(b"data: [DONE]\n\n") else data
+                if data.endswith(b"data: [DONE]\n\n"):
+                    ended = True
+                    yield LastChunk(data)
+                else:
+                    yield data
         if pending:
             self._relayed.append(pending)
             yield pending

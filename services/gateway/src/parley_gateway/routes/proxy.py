@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from parley_common.errors import Problem
-from parley_common.responses import EventStreamResponse
+from parley_common.responses import EventStreamResponse, LastChunk
 from parley_common.telemetry import inject_context
 from starlette.routing import Route
 
@@ -201,10 +201,19 @@ async def _model_call(request: Request, base_url: str) -> Response:
         return Response(content, status_code=upstream.status, headers=headers)
 
     relay = StreamRelay(upstream, keep_usage_chunk)
+    settled = False
+
+    def settle() -> None:
+        nonlocal settled
+        if not settled:
+            settled = True
+            limiter.settle(grant, relay.usage if relay.usage is not None else relay.estimate(prompt))
 
     async def body_iterator() -> Any:
         try:
             async for chunk in relay.events():
+                if type(chunk) is LastChunk:
+                    settle()  # the client has the whole reply: its stream slot and tokens are done with
                 yield chunk
         finally:
             # Completion, upstream failure or client disconnect (this task is cancelled): close the
@@ -214,7 +223,7 @@ async def _model_call(request: Request, base_url: str) -> Response:
                 upstream.release()
             else:
                 upstream.close()
-            limiter.settle(grant, relay.usage if relay.usage is not None else relay.estimate(prompt))
+            settle()
 
     return EventStreamResponse(body_iterator(), status_code=upstream.status, headers=headers)
 

@@ -149,7 +149,7 @@ class _Connection(asyncio.Protocol):
         self.received_any = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # garbage, or a protocol switch
             self._fail(UpstreamError("the service sent a malformed reply"))
             self.abort()
             return

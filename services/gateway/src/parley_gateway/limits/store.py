@@ -351,9 +351,17 @@ def _pack_items(items: Sequence[Any]) -> bytes:
     """Bulk strings: bytes as they are; str, int and float as their text in UTF-8."""
     parts = []
     for item in items:
-        if type(item) is bool or not isinstance(item, str | bytes | int | float):
-            raise TypeError(f"cannot send {type(item).__name__} to Redis")
-        data = item if type(item) is bytes else str(item).encode()
+        kind = type(item)  # exact types: a bool (an int too) or anything else is a caller's mistake
+        if kind is str:
+            data = item.encode()
+        elif kind is int:
+            data = b"%d" % item
+        elif kind is bytes:
+            data = item
+        elif kind is float:
+            data = repr(item).encode()
+        else:
+            raise TypeError(f"cannot send {kind.__name__} to Redis")
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 

@@ -69,6 +69,18 @@ def reply(body: bytes, *, extra: bytes = b"") -> bytes:
     )
 
 
+def keep_answering(body: bytes, state_ref: list[Server]) -> Handler:
+    """A keep-alive service: every request on a connection recorded (in ``state_ref[0]``) and answered."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await read_request(reader, state_ref[0])
+            writer.write(reply(body))
+            await writer.drain()
+
+    return handler
+
+
 def client(**overrides: float) -> Upstream:
     options = {"connect_timeout": 2.0, "read_timeout": 5.0, "max_connections": 10, **overrides}
     return Upstream(
@@ -94,14 +106,7 @@ async def get(
 
 async def test_keep_alive_reuses_one_connection_and_sends_the_request_as_given() -> None:
     state_ref: list[Server] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        while True:
-            await read_request(reader, state_ref[0])
-            writer.write(reply(b'{"ok":true}'))
-            await writer.drain()
-
-    async with serve(handler) as state:
+    async with serve(keep_answering(b'{"ok":true}', state_ref)) as state:
         state_ref.append(state)
         upstream = client()
         response = await upstream.send(
@@ -349,14 +354,7 @@ async def test_https_is_verified_against_the_trusted_certificates(
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
     state_ref: list[Server] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        while True:
-            await read_request(reader, state_ref[0])
-            writer.write(reply(b"secret"))
-            await writer.drain()
-
-    async with serve(handler, tls) as state:
+    async with serve(keep_answering(b"secret", state_ref), tls) as state:
         state_ref.append(state)
         untrusting = client()  # the system's certificates only: our test CA is not among them
         with pytest.raises(UpstreamError):

@@ -58,14 +58,12 @@ class EventStreamResponse(StreamingResponse):
                     sending.cancel()  # a no-op once the scope has exited
 
             watcher = asyncio.get_running_loop().create_task(cancel_on_disconnect())
-            finished = False
             try:
                 await self.stream_response(send)
-                finished = True
             finally:
                 watcher.cancel()
                 aclose = getattr(self._body, "aclose", None)
-                if aclose is not None and not finished:  # a finished body has nothing left to release
+                if aclose is not None and not self._complete:  # a sent body has nothing left to release
                     with anyio.CancelScope(shield=True):
                         await aclose()
         if self.background is not None:  # after a cut stream too, as Starlette runs it

@@ -132,13 +132,17 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def abort(self) -> None:
-        """Drop the connection (and with it whatever the service was still sending)."""
+        """Drop the connection (and with it whatever the service was still sending) and its pool slot."""
         self.closed = True
+        self._stop_timer()
+        self.origin.forget(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.transport is not None:
-            self.transport.abort()
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -158,9 +162,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         self.origin.forget(self)
         if self.has_head and not self.delimited and not self.complete:
             self.complete = True  # a reply that ends with its connection has ended
@@ -202,9 +204,7 @@ class _Connection(asyncio.Protocol):
         if not self.complete:
             self.complete = True
             self.keep_alive = self.parser.should_keep_alive()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
 
 
 class UpstreamResponse:
@@ -259,14 +259,12 @@ class UpstreamResponse:
             conn.origin.put_back(conn)
         else:
             conn.abort()
-            conn.origin.forget(conn)
 
     def close(self) -> None:
         if self._done:
             return
         self._done = True
         self._conn.abort()
-        self._conn.origin.forget(self._conn)
 
 
 @dataclass(eq=False)
@@ -289,9 +287,6 @@ class _Origin:
         if conn in self.pool.connections:
             self.pool.connections.discard(conn)
             self.pool.slot_freed()
-        self.idle_discard(conn)
-
-    def idle_discard(self, conn: _Connection) -> None:
         try:
             self.idle.remove(conn)
         except ValueError:
@@ -347,13 +342,11 @@ class Upstream:
                     await conn.wait()
             except BaseException:  # cancelled (the client left): the exchange cannot be finished
                 conn.abort()
-                origin.forget(conn)
                 raise
             if conn.error is None:
                 return UpstreamResponse(conn)
             error = conn.error
             conn.abort()
-            origin.forget(conn)
             if reused and replayable and not conn.received_any and not isinstance(error, UpstreamTimeout):
                 continue  # the service had closed this idle connection: nothing reached it
             raise error
@@ -393,7 +386,6 @@ class Upstream:
                 self._drop_expired(origin, now)
                 return conn
             conn.abort()
-            origin.forget(conn)
         if len(self.connections) + self._opening >= self.max_connections:
             handed = await self._wait_for_slot(loop)
             if handed is not None and handed.origin is origin:
@@ -401,7 +393,6 @@ class Upstream:
             if handed is not None:  # a connection to another service came free: its slot is ours
                 self.connections.discard(handed)
                 handed.abort()
-                handed.origin.idle_discard(handed)
         return await self._connect(origin, loop)
 
     def _drop_expired(self, origin: _Origin, now: float) -> None:
@@ -409,7 +400,6 @@ class Upstream:
         while idle and now - idle[0].idle_since >= self.idle_timeout:
             conn = idle.popleft()
             conn.abort()
-            origin.forget(conn)
 
     async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
         waiter: asyncio.Future[_Connection | None] = loop.create_future()

@@ -132,7 +132,9 @@ class TestPodSecurity:
             for workload in workloads(docs):
                 for container in containers(workload):
                     for entry in container.get("env", []):
-                        if re.search(r"(PASSWORD|API_KEY|PRIVATE_KEYS?|SECRET|TOKEN)$", entry["name"]):
+                        if re.search(
+                            r"(PASSWORD|API_KEY|PRIVATE_KEYS?|ENCRYPTION_KEYS?|SECRET|TOKEN)$", entry["name"]
+                        ):
                             assert "secretKeyRef" in entry.get("valueFrom", {}), entry["name"]
                         if "value" in entry and "://" in entry["value"] and "@" in entry["value"]:
                             credentials = entry["value"].split("://", 1)[1].split("@", 1)[0]

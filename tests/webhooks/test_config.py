@@ -13,6 +13,7 @@ PROD = {
     "PARLEY_RABBITMQ_URL": "amqp://parley:pw@mq:5672/",
     "PARLEY_INTERNAL_JWKS_URL": "http://gateway:8000/.well-known/jwks.json",
     "PARLEY_BILLING_WEBHOOK_SECRET": "whsec_real_secret",
+    "PARLEY_WEBHOOKS_ENCRYPTION_KEYS": "b3RoZXItdGhhbi10aGUtZGV2LWtleS0zMi1ieXRlcyE=",
 }
 
 
@@ -42,11 +43,14 @@ def test_test_only_settings_are_refused_in_production(
         load_settings(WebhooksSettings)
 
 
-def test_development_defaults_are_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("missing", ["PARLEY_BILLING_WEBHOOK_SECRET", "PARLEY_WEBHOOKS_ENCRYPTION_KEYS"])
+def test_development_defaults_are_refused_in_production(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
     for key, val in PROD.items():
-        if key != "PARLEY_BILLING_WEBHOOK_SECRET":
+        if key != missing:
             monkeypatch.setenv(key, val)
-    with pytest.raises(SettingsError, match="PARLEY_BILLING_WEBHOOK_SECRET"):
+    with pytest.raises(SettingsError, match=missing):
         load_settings(WebhooksSettings)
     # Notify in production needs a real SMTP server: no file outbox.
     with pytest.raises(SettingsError, match="PARLEY_SMTP_HOST"):

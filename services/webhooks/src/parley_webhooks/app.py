@@ -13,6 +13,7 @@ from parley_common.process import init_process
 
 from parley_webhooks.config import Settings, get_settings
 from parley_webhooks.routes import deliveries, endpoints, inbound
+from parley_webhooks.secret_box import SecretBox
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = create_service_app(service="webhooks", lifespan=lifespan)
     app.state.settings = settings
     app.state.internal_verifier = verifier_for(settings)
+    app.state.secret_box = SecretBox(settings.webhooks_encryption_keys.get_secret_value())
     app.include_router(endpoints.router)
     app.include_router(deliveries.router)
     app.include_router(inbound.router)

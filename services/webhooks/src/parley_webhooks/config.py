@@ -63,6 +63,10 @@ class Settings(HttpServerSettings, WorkerSettings, DatabaseSettings, InternalAut
     webhooks_secret_bytes: int = Field(
         32, ge=24, le=64, description="Random bytes in a new signing secret (whsec_ + base64)"
     )
+    webhooks_encryption_keys: SecretStr = dev_default(
+        SecretStr("cGFybGV5LWRldi13ZWJob29rcy1zZWNyZXRzLWtleTE="),
+        "Fernet keys, comma-separated, that encrypt endpoint signing secrets at rest: the first encrypts, all decrypt",
+    )
     webhooks_secret_overlap: float = Field(
         86400.0, ge=0, description="Seconds a rotated-out secret keeps signing next to the new one"
     )

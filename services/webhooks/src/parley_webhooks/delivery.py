@@ -33,6 +33,7 @@ from sqlalchemy.exc import OperationalError
 
 from parley_webhooks import signing
 from parley_webhooks.models import Attempt, Delivery, Endpoint, EndpointSecret, OutboxMessage
+from parley_webhooks.secret_box import SecretBox
 from parley_webhooks.sender import AttemptResult, Sender
 
 log = get_logger(__name__)
@@ -150,12 +151,13 @@ def attempt(
     engine: Engine,
     sender: Sender,
     policy: DeliveryPolicy,
+    box: SecretBox,
     delivery_id: UUID,
     token: UUID,
     scheduled_at: datetime | None = None,
 ) -> str:
     """Make one attempt of a dispatched delivery; returns what happened (for logs and tests)."""
-    claimed = _start(engine, delivery_id, token, scheduled_at, policy.lease)
+    claimed = _start(engine, box, delivery_id, token, scheduled_at, policy.lease)
     if isinstance(claimed, str):
         return claimed
     timestamp = int(time.time())
@@ -184,7 +186,12 @@ def attempt(
 
 
 def _start(
-    engine: Engine, delivery_id: UUID, token: UUID, scheduled_at: datetime | None, lease: float
+    engine: Engine,
+    box: SecretBox,
+    delivery_id: UUID,
+    token: UUID,
+    scheduled_at: datetime | None,
+    lease: float,
 ) -> _Claimed | str:
     with engine.begin() as conn:
         delivery = conn.execute(
@@ -229,8 +236,11 @@ def _start(
             )
         )
         attempt_token = uuid.uuid4()
-        secrets = list(
-            conn.scalars(
+        # Decrypted here, inside the transaction: a secret no configured key opens (SecretUnreadable)
+        # rolls it back, and the delivery waits for its lease to be dispatched again, attempt-free.
+        secrets = [
+            box.open(stored)
+            for stored in conn.scalars(
                 select(EndpointSecret.secret)
                 .where(
                     EndpointSecret.endpoint_id == delivery.endpoint_id,
@@ -238,7 +248,7 @@ def _start(
                 )
                 .order_by(EndpointSecret.created_at.desc(), EndpointSecret.id.desc())
             )
-        )
+        ]
         attempt_id = conn.execute(
             insert(Attempt)
             .values(

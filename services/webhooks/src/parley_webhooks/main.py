@@ -16,8 +16,9 @@ def serve() -> None:
 def worker() -> None:
     from parley_common.messaging.worker import run_worker
 
-    from parley_webhooks.worker import app, settings
+    from parley_webhooks.worker import app, secret_box, settings
 
+    secret_box()  # a malformed PARLEY_WEBHOOKS_ENCRYPTION_KEYS stops the worker here, not per delivery
     # Two lines per poll (received, succeeded) drown the log; deliveries log their own outcome.
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -45,8 +46,20 @@ def relay() -> None:
 
 
 def migrate() -> None:
+    """The schema to its newest revision, then every stored secret encrypted under the first key."""
+    from parley_common.db.engine import create_sync_db_engine
     from parley_common.db.migrations import upgrade
+    from parley_common.process import init_process
 
     from parley_webhooks.models import SCHEMA
+    from parley_webhooks.secret_box import SecretBox, reseal_stored_secrets
 
-    upgrade("parley_webhooks", get_settings().database_url.get_secret_value(), SCHEMA)
+    settings = get_settings()
+    init_process("webhooks", "migrate", settings)
+    box = SecretBox(settings.webhooks_encryption_keys.get_secret_value())
+    upgrade("parley_webhooks", settings.database_url.get_secret_value(), SCHEMA)
+    engine = create_sync_db_engine(settings.database_url, application_name="webhooks.migrate")
+    try:
+        reseal_stored_secrets(engine, box)
+    finally:
+        engine.dispose()

@@ -69,7 +69,7 @@ class EndpointSecret(Model):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     endpoint_id: Mapped[UUID] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
-    secret: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(Text)  # Fernet token (parley_webhooks.secret_box)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

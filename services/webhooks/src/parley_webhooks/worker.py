@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from parley_webhooks import delivery
 from parley_webhooks.config import Settings, get_settings
+from parley_webhooks.secret_box import SecretBox, SecretUnreadable
 from parley_webhooks.sender import Sender
 
 log = get_logger(__name__)
@@ -65,6 +66,11 @@ def engine() -> Engine:
         pool_size=settings.worker_concurrency + 1,
         max_overflow=2,
     )
+
+
+@cache
+def secret_box() -> SecretBox:
+    return SecretBox(settings.webhooks_encryption_keys.get_secret_value())
 
 
 @cache
@@ -115,6 +121,7 @@ def deliver(delivery_id: str, token: str, scheduled_at: str | None = None) -> st
             engine(),
             sender(),
             delivery_policy(settings),
+            secret_box(),
             UUID(delivery_id),
             UUID(token),
             datetime.fromisoformat(scheduled_at) if scheduled_at else None,
@@ -123,3 +130,8 @@ def deliver(delivery_id: str, token: str, scheduled_at: str | None = None) -> st
         # The lease runs out and beat hands the delivery out again; nothing is lost.
         log.warning("webhook.attempt_not_recorded", delivery_id=delivery_id, error=type(exc).__name__)
         return "database_error"
+    except SecretUnreadable as exc:
+        # A configuration error (a key removed too early): nothing is sent, and the delivery is
+        # dispatched again after its lease, so it goes out once the key is back.
+        log.error("webhook.secret_unreadable", delivery_id=delivery_id, error=str(exc))
+        return "secret_unreadable"

@@ -33,6 +33,7 @@ from parley_webhooks.schemas import (
     ReplayResult,
     SecretRotated,
 )
+from parley_webhooks.secret_box import SecretBox
 from parley_webhooks.ssrf import UnsafeUrl
 
 router = APIRouter(prefix="/v1/webhooks/endpoints", tags=["webhook endpoints"])
@@ -41,6 +42,11 @@ router = APIRouter(prefix="/v1/webhooks/endpoints", tags=["webhook endpoints"])
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def _sealed(request: Request, secret: str) -> str:
+    box: SecretBox = request.app.state.secret_box
+    return box.seal(secret)
 
 
 async def check_url(request: Request, url: str) -> None:
@@ -88,7 +94,7 @@ async def create_endpoint(
     secret = signing.new_secret(settings.webhooks_secret_bytes)
     session.add(endpoint)
     await session.flush()
-    session.add(EndpointSecret(endpoint_id=endpoint.id, secret=secret))
+    session.add(EndpointSecret(endpoint_id=endpoint.id, secret=_sealed(request, secret)))
     await session.flush()
     await session.refresh(endpoint)
     return EndpointCreated(**EndpointOut.model_validate(endpoint).model_dump(), secret=secret)
@@ -164,7 +170,7 @@ async def rotate_secret(
         .values(expires_at=overlap_until)
     )
     secret = signing.new_secret(settings.webhooks_secret_bytes)
-    session.add(EndpointSecret(endpoint_id=endpoint.id, secret=secret))
+    session.add(EndpointSecret(endpoint_id=endpoint.id, secret=_sealed(request, secret)))
     await session.flush()
     return SecretRotated(
         secret=secret,

@@ -18,6 +18,7 @@ from parley_chat.config import Settings, get_settings
 from parley_chat.conversations.service import ConversationService
 from parley_chat.providers import Router
 from parley_chat.routes import completions, conversations, models
+from parley_chat.semantic import LocalEmbedder, SemanticIndex
 
 OPENAI_PREFIXES = ("/v1/chat/completions", "/v1/models")
 
@@ -43,7 +44,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.sessionmaker = async_session_factory(writer)
         app.state.router = router
-        app.state.completions = CompletionService(settings, app.state.sessionmaker, router, cache)
+        semantic = SemanticIndex(
+            cache,
+            LocalEmbedder(),
+            threshold=settings.cache_semantic_threshold,
+            max_entries=settings.cache_semantic_max_entries,
+        )
+        app.state.completions = CompletionService(settings, app.state.sessionmaker, router, cache, semantic)
         app.state.conversations = ConversationService(
             settings,
             app.state.sessionmaker,

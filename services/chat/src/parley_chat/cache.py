@@ -103,24 +103,24 @@ class ResponseCache:
             health_check_interval=0,
         )
 
-    def _available(self) -> bool:
+    def available(self) -> bool:
         return time.monotonic() >= self._paused_until
 
-    def _failed(self, operation: str, exc: BaseException) -> None:
+    def failed(self, operation: str, exc: BaseException) -> None:
         self._paused_until = time.monotonic() + self.pause_after_error
         if operation == "get":
             CACHE_LOOKUPS.labels("error").inc()
         log.warning("cache.unavailable", operation=operation, error=type(exc).__name__)
 
     async def get(self, key: str) -> dict[str, Any] | None:
-        if not self._available():
+        if not self.available():
             CACHE_LOOKUPS.labels("skipped").inc()
             return None
         try:
             async with asyncio.timeout(self.deadline):
                 raw = await self.redis.get(key)
         except Exception as exc:  # noqa: BLE001 - fail open: any Redis problem is a miss
-            self._failed("get", exc)
+            self.failed("get", exc)
             return None
         if raw is None:
             CACHE_LOOKUPS.labels("miss").inc()
@@ -135,13 +135,13 @@ class ResponseCache:
 
     async def set(self, key: str, value: dict[str, Any]) -> None:
         data = json.dumps(value, separators=(",", ":")).encode()
-        if len(data) > self.max_bytes or not self._available():
+        if len(data) > self.max_bytes or not self.available():
             return
         try:
             async with asyncio.timeout(self.deadline):
                 await self.redis.set(key, data, ex=self.ttl)
         except Exception as exc:  # noqa: BLE001 - fail open: a failed write only costs a future miss
-            self._failed("set", exc)
+            self.failed("set", exc)
 
     async def close(self) -> None:
         try:

@@ -33,13 +33,15 @@ from parley_chat.config import Settings
 from parley_chat.models import Completion, OutboxMessage
 from parley_chat.providers import Route, Router
 from parley_chat.schemas import ChatCompletionRequest
+from parley_chat.semantic import SemanticIndex, SemanticQuery, semantic_query
 
 log = get_logger(__name__)
 
 USAGE_HEADER = "x-parley-usage"  # set by the gateway: report usage whatever the client asked
-CACHE_HEADER = "x-parley-cache"  # on responses: hit | miss (absent when the request was not cacheable)
+# On responses: hit | semantic-hit | miss (absent when the request was not cacheable).
+CACHE_HEADER = "x-parley-cache"
 
-CacheStatus = Literal["hit", "miss"] | None
+CacheStatus = Literal["hit", "semantic-hit", "miss"] | None
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Call:
     params: dict[str, Any]
     usage_chunk: bool  # end a stream with the usage chunk (the client asked, or the gateway settles with it)
     cache_key: str | None = None
+    semantic: SemanticQuery | None = None  # the plan's cache policy is semantic
     conversation_id: uuid.UUID | None = None
 
 
@@ -161,11 +164,13 @@ class CompletionService:
         sessionmaker: async_sessionmaker[AsyncSession],
         router: Router,
         cache: ResponseCache | None,
+        semantic: SemanticIndex | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.router = router
         self.cache = cache
+        self.semantic = semantic
         self.caller = ProviderCaller(settings.retry_backoff_base, settings.retry_backoff_max)
 
     # -- preparing a call -------------------------------------------------------------------------------
@@ -195,6 +200,10 @@ class CompletionService:
             call.cache_key = cache_key(
                 self.settings.redis_key_prefix, caller.user_id, route.model, messages, params
             )
+            if caller.plan.cache == "semantic" and self.semantic is not None:
+                call.semantic = semantic_query(
+                    self.settings.redis_key_prefix, caller.user_id, route.model, messages, params
+                )
         return call
 
     def _cacheable(self, body: ChatCompletionRequest, caller: InternalIdentity) -> bool:
@@ -213,15 +222,12 @@ class CompletionService:
     async def complete(
         self, call: Call, finisher: Finisher | None = None
     ) -> tuple[dict[str, Any], CacheStatus]:
-        status: CacheStatus = None
-        if call.cache_key and self.cache is not None:
-            entry = await self.cache.get(call.cache_key)
-            if entry is not None:
-                outcome = self._cached_outcome(call, entry)
-                outcome.message = entry["message"]
-                await self.record(call, outcome, finisher)
-                return cached_body(entry), "hit"
-            status = "miss"
+        entry, status = await self._lookup(call)
+        if entry is not None:
+            outcome = self._cached_outcome(call, entry)
+            outcome.message = entry["message"]
+            await self.record(call, outcome, finisher)
+            return cached_body(entry), status
         outcome = Outcome(model=call.route.model, provider=call.route.providers[0].name)
         try:
             provider, body = await self.caller.complete(
@@ -255,13 +261,10 @@ class CompletionService:
         self, call: Call, finisher: Finisher | None = None
     ) -> tuple[AsyncIterator[bytes], CacheStatus]:
         """Open the stream before the response starts, so a failure to open is a plain HTTP error."""
-        status: CacheStatus = None
-        if call.cache_key and self.cache is not None:
-            entry = await self.cache.get(call.cache_key)
-            if entry is not None:
-                outcome = self._cached_outcome(call, entry)
-                return self._relay(call, CachedAnswer(entry), outcome, finisher, store=False), "hit"
-            status = "miss"
+        entry, status = await self._lookup(call)
+        if entry is not None:
+            outcome = self._cached_outcome(call, entry)
+            return self._relay(call, CachedAnswer(entry), outcome, finisher, store=False), status
         outcome = Outcome(model=call.route.model, provider=call.route.providers[0].name)
         try:
             source = await self.caller.open_stream(
@@ -378,6 +381,22 @@ class CompletionService:
             finish_reason=entry.get("finish_reason"),
         )
 
+    async def _lookup(self, call: Call) -> tuple[dict[str, Any] | None, CacheStatus]:
+        """The cached answer for this call (exact first, then semantic), and the cache status."""
+        if not call.cache_key or self.cache is None:
+            return None, None
+        entry = await self.cache.get(call.cache_key)
+        if entry is not None:
+            return entry, "hit"
+        if call.semantic is not None and self.semantic is not None:
+            similar = await self.semantic.nearest(call.semantic)
+            if similar is not None:
+                entry = await self.cache.get(similar)
+                if entry is not None:
+                    return entry, "semantic-hit"
+                await self.semantic.forget(call.semantic, similar)  # its answer has expired
+        return None, "miss"
+
     async def _store(self, call: Call, outcome: Outcome, model: str, fingerprint: str | None) -> None:
         """Cache a finished answer (plain content, one choice, finished normally)."""
         if (
@@ -399,6 +418,8 @@ class CompletionService:
                 "system_fingerprint": fingerprint,
             },
         )
+        if call.semantic is not None and self.semantic is not None:
+            await self.semantic.add(call.semantic, call.cache_key)
 
     async def record(self, call: Call, outcome: Outcome, finisher: Finisher | None = None) -> None:
         """The completion row and its usage event (plus the finisher's rows), in one transaction."""

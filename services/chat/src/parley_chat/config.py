@@ -99,6 +99,18 @@ class Settings(HttpServerSettings, DatabaseSettings, RabbitSettings, InternalAut
     cache_pause_after_error: float = Field(
         5.0, ge=0, description="After a Redis failure, skip the cache this many seconds (fail open, fast)"
     )
+    cache_semantic_threshold: float = Field(
+        0.92,
+        ge=0.5,
+        le=1.0,
+        description="Cosine similarity a reworded question needs to get a cached answer (semantic plans)",
+    )
+    cache_semantic_max_entries: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Questions kept per user and conversation context for the semantic cache",
+    )
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -109,6 +109,25 @@ class TestSemanticCache:
         assert _ask(user, REWORDED)[1] == "miss"
         assert _partitions(stack, user) == {}
 
+    def test_a_question_whose_answer_expired_is_forgotten(
+        self, stack: ChatStack, providers: dict[str, str]
+    ) -> None:
+        user = stack.user(name="pro", cache="semantic")
+        _ask(user, FIRST)
+        client = redis.Redis.from_url(stack.config.redis_url)
+        try:
+            (partition,) = _partitions(stack, user)
+            (first_key,) = client.hkeys(partition)
+            client.delete(first_key)  # the answer expired
+            before = _provider_calls(stack)
+            assert _ask(user, REWORDED)[1] == "miss"
+            assert _provider_calls(stack) == before + 1
+            (kept,) = client.hkeys(partition)  # the stale question is gone, the new one indexed
+            assert kept != first_key
+            assert client.exists(kept)
+        finally:
+            client.close()
+
     def test_each_partition_is_bounded_and_expires(self, stack: ChatStack, providers: dict[str, str]) -> None:
         chat_url = stack.spawn_chat("chat-semantic-small", {"PARLEY_CACHE_SEMANTIC_MAX_ENTRIES": "2"})
         user = stack.user(name="pro", cache="semantic")

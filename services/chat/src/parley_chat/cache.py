@@ -133,15 +133,18 @@ class ResponseCache:
         CACHE_LOOKUPS.labels("hit").inc()
         return value
 
-    async def set(self, key: str, value: dict[str, Any]) -> None:
+    async def set(self, key: str, value: dict[str, Any]) -> bool:
+        """Whether the value was stored (too large, or Redis away: not, and that is no error)."""
         data = json.dumps(value, separators=(",", ":")).encode()
         if len(data) > self.max_bytes or not self.available():
-            return
+            return False
         try:
             async with asyncio.timeout(self.deadline):
                 await self.redis.set(key, data, ex=self.ttl)
         except Exception as exc:  # noqa: BLE001 - fail open: a failed write only costs a future miss
             self.failed("set", exc)
+            return False
+        return True
 
     async def close(self) -> None:
         try:

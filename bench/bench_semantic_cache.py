@@ -1,0 +1,155 @@
+"""What the semantic cache costs and saves: chat's CPU and latency per request, straight to chat.
+
+Four runs of deterministic requests (``temperature: 0``) on the fake provider (no delay), each with its own
+user so no run sees another's entries:
+
+- ``exact_miss``: an exact-cache plan, every question new (the provider answers each);
+- ``semantic_miss``: a semantic plan, every question new (exact miss, embedding, partition scored, the
+  provider answers, answer and vector stored): the extra over ``exact_miss`` is the semantic cache's cost;
+- ``semantic_hit``: a semantic plan, rewordings of one answered question (exact miss, embedding, match);
+- ``exact_hit``: an exact-cache plan, one question repeated.
+
+CPU per request is chat's own CPU time over a run divided by its requests (the client and the provider
+never count). The statuses seen (``x-parley-cache``) are kept with each run, so a run that did not do what
+its name says shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import httpx
+import psutil
+from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
+from parley_common.auth.keys import SigningKey, generate_private_key_pem, jwks_document, load_signing_keys
+from parley_common.testing.net import free_port
+from parley_common.testing.processes import ManagedProcess, venv_command
+
+from bench.context import BenchContext
+
+REQUESTS = 300
+CONCURRENCY = 8
+SEED = "What is the capital of France?"
+REWORDINGS = [
+    "Tell me the capital of France.",
+    "What's the capital city of France?",
+    "What is the capital of France!",
+    "what is the capital of france",
+    "Which city is the capital of France?",
+]
+
+
+def _cpu(process: ManagedProcess) -> float:
+    return float(sum(psutil.Process(process.pid).cpu_times()[:2]))
+
+
+def _token(key: SigningKey, cache: str) -> str:
+    plan = PlanClaims(name="pro", default_model="gpt-4o-mini", cache=cache)  # type: ignore[arg-type]
+    return mint_internal_token(key, InternalIdentity(user_id=uuid.uuid4(), plan=plan), ttl=3600)
+
+
+async def _run(chat_url: str, token: str, questions: list[str], chat: ManagedProcess) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for question in questions:
+        queue.put_nowait(question)
+    async with httpx.AsyncClient(
+        base_url=chat_url, headers={"authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                question = queue.get_nowait()
+                started = time.perf_counter()
+                response = await client.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": question}],
+                        "temperature": 0,
+                        "max_tokens": 16,
+                    },
+                )
+                latencies.append((time.perf_counter() - started) * 1000)
+                statuses[f"{response.status_code} {response.headers.get('x-parley-cache')}"] += 1
+
+        before = _cpu(chat)
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        spent = _cpu(chat) - before
+    latencies.sort()
+    return {
+        "requests": len(questions),
+        "chat_cpu_ms_per_request": round(spent * 1000 / len(questions), 3),
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 2),
+        "statuses": dict(statuses),
+    }
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    pem = generate_private_key_pem()
+    key = load_signing_keys(pem)[0]
+    provider_port, chat_port = free_port(), free_port()
+    ctx.processes.spawn(
+        "provider",
+        [venv_command("parley-fake-provider"), "--port", str(provider_port)],
+        ready_url=f"http://127.0.0.1:{provider_port}/livez",
+    )
+    chat = ctx.processes.spawn(
+        "chat",
+        [venv_command("parley-chat-api")],
+        {
+            "PARLEY_ENV": "test",
+            "PARLEY_LOG_LEVEL": "WARNING",
+            "PARLEY_DATABASE_URL": ctx.database_url,
+            "PARLEY_RABBITMQ_URL": ctx.amqp_url,
+            "PARLEY_REDIS_URL": ctx.redis_url,
+            "PARLEY_REDIS_KEY_PREFIX": ctx.redis_prefix,
+            "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document([key])),
+            "PARLEY_HTTP_PORT": str(chat_port),
+            "PARLEY_OPENAI_BASE_URL": f"http://127.0.0.1:{provider_port}/v1",
+            "PARLEY_OPENAI_API_KEY": "bench",
+        },
+        ready_url=f"http://127.0.0.1:{chat_port}/readyz",
+    )
+    chat_url = f"http://127.0.0.1:{chat_port}"
+    fresh = [f"Question {i}: what is a good name for a {i}-legged robot?" for i in range(REQUESTS)]
+
+    async def scenario() -> dict[str, Any]:
+        # Warm-up: the model loads on the first semantic request (about a second), not in a measured run.
+        await _run(chat_url, _token(key, "semantic"), [SEED, *REWORDINGS], chat)
+        runs = {"exact_miss": await _run(chat_url, _token(key, "exact"), fresh, chat)}
+        runs["semantic_miss"] = await _run(chat_url, _token(key, "semantic"), fresh, chat)
+        semantic = _token(key, "semantic")
+        await _run(chat_url, semantic, [SEED], chat)
+        runs["semantic_hit"] = await _run(
+            chat_url, semantic, [REWORDINGS[i % len(REWORDINGS)] for i in range(REQUESTS)], chat
+        )
+        exact = _token(key, "exact")
+        await _run(chat_url, exact, [SEED], chat)
+        runs["exact_hit"] = await _run(chat_url, exact, [SEED] * REQUESTS, chat)
+        return runs
+
+    runs = asyncio.run(scenario())
+    cpu = {name: r["chat_cpu_ms_per_request"] for name, r in runs.items()}
+    ctx.notes.append(
+        "chat_cpu_ms_per_request is chat's CPU time over a run divided by its requests; semantic_miss minus "
+        "exact_miss is what the semantic cache adds to a question it cannot answer."
+    )
+    return {
+        "requests_per_run": REQUESTS,
+        "concurrency": CONCURRENCY,
+        "runs": runs,
+        "summary": {
+            "chat_cpu_ms_per_request": cpu,
+            "semantic_miss_extra_ms": round(cpu["semantic_miss"] - cpu["exact_miss"], 3),
+            "p50_ms": {name: r["p50_ms"] for name, r in runs.items()},
+        },
+    }

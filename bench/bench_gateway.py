@@ -29,13 +29,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import psutil
 from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
 from parley_common.auth.keys import generate_private_key_pem, jwks_document, load_signing_keys
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ManagedProcess, venv_command
 
-from bench.context import ROOT, BenchContext, unlimited_account
+from bench.context import ROOT, BenchContext, cpu_seconds, start_provider_and_chat, unlimited_account
 
 CONNECTIONS = 16
 SECONDS = 5
@@ -72,14 +71,6 @@ def _ms(text: str) -> float:
         raise ValueError(f"unexpected wrk latency {text!r}")
     number, unit = float(match.group(1)), match.group(2)
     return number * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
-
-
-def cpu_seconds(process: ManagedProcess) -> float:
-    proc = psutil.Process(process.pid)
-    total = float(sum(proc.cpu_times()[:2]))
-    for child in proc.children(recursive=True):
-        total += sum(child.cpu_times()[:2])
-    return total
 
 
 def measure(
@@ -134,30 +125,15 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "PARLEY_JWT_PRIVATE_KEYS": pem,
         "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document([key])),
     }
-    provider_port, chat_port, gateway_port = free_port(), free_port(), free_port()
-    ctx.processes.spawn(
-        "provider",
-        [venv_command("parley-fake-provider"), "--port", str(provider_port)],
-        ready_url=f"http://127.0.0.1:{provider_port}/livez",
-    )
-    chat = ctx.processes.spawn(
-        "chat",
-        [venv_command("parley-chat-api")],
-        {
-            **env,
-            "PARLEY_HTTP_PORT": str(chat_port),
-            "PARLEY_OPENAI_BASE_URL": f"http://127.0.0.1:{provider_port}/v1",
-            "PARLEY_OPENAI_API_KEY": "bench",
-        },
-        ready_url=f"http://127.0.0.1:{chat_port}/readyz",
-    )
+    chat, chat_url = start_provider_and_chat(ctx, env)
+    gateway_port = free_port()
     gateway = ctx.processes.spawn(
         "gateway",
         [venv_command("parley-gateway-api")],
-        {**env, "PARLEY_HTTP_PORT": str(gateway_port), "PARLEY_CHAT_URL": f"http://127.0.0.1:{chat_port}"},
+        {**env, "PARLEY_HTTP_PORT": str(gateway_port), "PARLEY_CHAT_URL": chat_url},
         ready_url=f"http://127.0.0.1:{gateway_port}/readyz",
     )
-    gateway_url, chat_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{chat_port}"
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
     user_id, token, plan = unlimited_account(gateway_url, env, ctx.redis_url, ctx.redis_prefix)
     internal = mint_internal_token(
         key,

@@ -25,13 +25,11 @@ from collections import Counter
 from typing import Any
 
 import httpx
-import psutil
 from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
 from parley_common.auth.keys import SigningKey, generate_private_key_pem, jwks_document, load_signing_keys
-from parley_common.testing.net import free_port
-from parley_common.testing.processes import ManagedProcess, venv_command
+from parley_common.testing.processes import ManagedProcess
 
-from bench.context import BenchContext
+from bench.context import BenchContext, cpu_seconds, start_provider_and_chat
 
 REQUESTS = 300
 CONCURRENCY = 8
@@ -43,10 +41,6 @@ REWORDINGS = [
     "what is the capital of france",
     "Which city is the capital of France?",
 ]
-
-
-def _cpu(process: ManagedProcess) -> float:
-    return float(sum(psutil.Process(process.pid).cpu_times()[:2]))
 
 
 def _token(key: SigningKey, cache: str) -> str:
@@ -80,9 +74,9 @@ async def _run(chat_url: str, token: str, questions: list[str], chat: ManagedPro
                 latencies.append((time.perf_counter() - started) * 1000)
                 statuses[f"{response.status_code} {response.headers.get('x-parley-cache')}"] += 1
 
-        before = _cpu(chat)
+        before = cpu_seconds(chat)
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        spent = _cpu(chat) - before
+        spent = cpu_seconds(chat) - before
     latencies.sort()
     return {
         "requests": len(questions),
@@ -96,15 +90,8 @@ async def _run(chat_url: str, token: str, questions: list[str], chat: ManagedPro
 def run(ctx: BenchContext) -> dict[str, Any]:
     pem = generate_private_key_pem()
     key = load_signing_keys(pem)[0]
-    provider_port, chat_port = free_port(), free_port()
-    ctx.processes.spawn(
-        "provider",
-        [venv_command("parley-fake-provider"), "--port", str(provider_port)],
-        ready_url=f"http://127.0.0.1:{provider_port}/livez",
-    )
-    chat = ctx.processes.spawn(
-        "chat",
-        [venv_command("parley-chat-api")],
+    chat, chat_url = start_provider_and_chat(
+        ctx,
         {
             "PARLEY_ENV": "test",
             "PARLEY_LOG_LEVEL": "WARNING",
@@ -113,13 +100,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             "PARLEY_REDIS_URL": ctx.redis_url,
             "PARLEY_REDIS_KEY_PREFIX": ctx.redis_prefix,
             "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document([key])),
-            "PARLEY_HTTP_PORT": str(chat_port),
-            "PARLEY_OPENAI_BASE_URL": f"http://127.0.0.1:{provider_port}/v1",
-            "PARLEY_OPENAI_API_KEY": "bench",
         },
-        ready_url=f"http://127.0.0.1:{chat_port}/readyz",
     )
-    chat_url = f"http://127.0.0.1:{chat_port}"
     fresh = [f"Question {i}: what is a good name for a {i}-legged robot?" for i in range(REQUESTS)]
 
     async def scenario() -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any
 from parley_common.db.admin import drop_database
 from parley_common.db.migrations import registered
 from parley_common.testing import rabbitmq, resources
-from parley_common.testing.processes import ProcessManager
+from parley_common.testing.net import free_port
+from parley_common.testing.processes import ManagedProcess, ProcessManager, venv_command
 from parley_common.testing.services import TestServices, discover
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,3 +126,36 @@ def unlimited_account(
         ).raise_for_status()
         plan = client.get("/v1/me", headers=auth).json()["plan"]
     return str(user_id), token, plan
+
+
+def cpu_seconds(process: ManagedProcess) -> float:
+    """User + system CPU time of ``process`` and its children so far."""
+    import psutil
+
+    proc = psutil.Process(process.pid)
+    total = float(sum(proc.cpu_times()[:2]))
+    for child in proc.children(recursive=True):
+        total += sum(child.cpu_times()[:2])
+    return total
+
+
+def start_provider_and_chat(ctx: BenchContext, env: dict[str, str]) -> tuple[ManagedProcess, str]:
+    """The fake provider (answering at once) and a chat API on it, with ``env``: (chat, chat's URL)."""
+    provider_port, chat_port = free_port(), free_port()
+    ctx.processes.spawn(
+        "provider",
+        [venv_command("parley-fake-provider"), "--port", str(provider_port)],
+        ready_url=f"http://127.0.0.1:{provider_port}/livez",
+    )
+    chat = ctx.processes.spawn(
+        "chat",
+        [venv_command("parley-chat-api")],
+        {
+            **env,
+            "PARLEY_HTTP_PORT": str(chat_port),
+            "PARLEY_OPENAI_BASE_URL": f"http://127.0.0.1:{provider_port}/v1",
+            "PARLEY_OPENAI_API_KEY": "bench",
+        },
+        ready_url=f"http://127.0.0.1:{chat_port}/readyz",
+    )
+    return chat, f"http://127.0.0.1:{chat_port}"

@@ -9,7 +9,7 @@ import pytest
 from parley_common.testing.processes import ProcessManager
 from parley_common.testing.services import TestServices
 
-from tests.webhooks.support import Isolated, isolated_resources
+from tests.webhooks.support import Isolated, Receiver, isolated_resources, start_receiver
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +35,9 @@ def module_processes(
             tail = "\n".join(line[:400] for line in process.tail(12).splitlines())
             print(f"\n--- {process.name} (last lines) ---\n{tail}")  # noqa: T201
     manager.stop_all()
+
+
+@pytest.fixture(scope="module")
+def receiver(module_processes: ProcessManager) -> Receiver:
+    """A local webhook receiver (modules that need canaries define their own)."""
+    return start_receiver(module_processes)

@@ -20,17 +20,11 @@ from tests.webhooks.support import (
     endpoint_row,
     new_endpoint,
     settled,
-    start_receiver,
     start_stack,
     wait_for,
 )
 
 DISABLE_AFTER = 4.0
-
-
-@pytest.fixture(scope="module")
-def receiver(module_processes: ProcessManager) -> Receiver:
-    return start_receiver(module_processes)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from parley_common.testing.processes import ProcessManager
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.webhooks.support import Isolated, Receiver, Stack, start_receiver, start_stack, wait_for
-
-
-@pytest.fixture(scope="module")
-def receiver(module_processes: ProcessManager) -> Receiver:
-    return start_receiver(module_processes)
+from tests.webhooks.support import Isolated, Receiver, Stack, start_stack, wait_for
 
 
 @pytest.fixture(scope="module")

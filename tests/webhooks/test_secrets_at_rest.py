@@ -21,7 +21,6 @@ from tests.webhooks.support import (
     attempts,
     deliveries,
     new_endpoint,
-    start_receiver,
     start_stack,
     start_worker,
     wait_for,
@@ -29,11 +28,6 @@ from tests.webhooks.support import (
 
 OLD_KEY = Fernet.generate_key().decode()
 NEW_KEY = Fernet.generate_key().decode()
-
-
-@pytest.fixture(scope="module")
-def receiver(module_processes: ProcessManager) -> Receiver:
-    return start_receiver(module_processes)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,9 @@ from parley_common.testing.processes import ProcessManager
 from standardwebhooks import Webhook
 
 from tests.webhooks.events import message_completed
-from tests.webhooks.support import Isolated, Receiver, Stack, restart, start_receiver, start_stack, wait_for
+from tests.webhooks.support import Isolated, Receiver, Stack, restart, start_stack, wait_for
 
 pytestmark = pytest.mark.chaos
-
-
-@pytest.fixture(scope="module")
-def receiver(module_processes: ProcessManager) -> Receiver:
-    return start_receiver(module_processes)
 
 
 @pytest.fixture(scope="module")

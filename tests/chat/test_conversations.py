@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,6 +176,41 @@ class TestTurns:
         assert stored[1]["id"] == assistant_id
         assert stored[1]["content"] == text == "stream me a poem stream me a poem"
         assert [e["message_id"] for e in user.events("conversation.message_completed.v1")] == [assistant_id]
+
+    def test_a_streamed_turn_ends_only_once_the_reply_is_stored(
+        self, stack: ChatStack, providers: dict[str, str]
+    ) -> None:
+        """A client that reads [DONE] and then lists the conversation must find the reply there."""
+        configure(providers["primary"], chunks=10, chunk_delay_ms=30)
+        user = stack.user()
+        database_url = make_url(stack.config.database_url).set(drivername="postgresql").render_as_string(False)
+        with user.http() as http, psycopg.connect(database_url, autocommit=False) as locker:
+            conversation = _create(http)
+            with http.stream(
+                "POST",
+                f"/v1/conversations/{conversation['id']}/messages",
+                json={"content": "hold the end", "stream": True},
+            ) as response:
+                assert response.status_code == 200  # the question is stored by now
+                # Storing the reply locks the conversation's row; holding it here holds the reply back.
+                locker.execute(
+                    "SELECT id FROM chat.conversations WHERE id = %s FOR UPDATE", (conversation["id"],)
+                )
+                lines = response.iter_lines()
+                for line in lines:
+                    if '"finish_reason":"stop"' in line:  # the model is done; the reply is being stored
+                        break
+                held = time.monotonic()
+                release = threading.Timer(1.0, locker.commit)
+                release.start()
+                # The gateway ends its response at [DONE] (the stream's LastChunk), so [DONE] itself,
+                # not the end of chat's body, is what must wait for the reply to be stored.
+                done_after = next(time.monotonic() - held for line in lines if line == "data: [DONE]")
+                release.join()
+            assert done_after >= 0.9, "[DONE] was sent before the reply was stored"
+            stored = _messages(http, conversation["id"])["data"]  # at once, no waiting
+        assert [m["role"] for m in stored] == ["user", "assistant"]
+        assert [m["status"] for m in stored] == ["completed", "completed"]
 
     def test_messages_pages_both_ways(self, stack: ChatStack, providers: dict[str, str]) -> None:
         with stack.user().http() as http:

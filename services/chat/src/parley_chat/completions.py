@@ -283,7 +283,15 @@ class CompletionService:
         usage_seen = outcome.cached
         usage_event: bytes | None = None
         first: dict[str, Any] | None = None
-        done = False
+        done = recorded = False
+
+        async def settle() -> None:
+            nonlocal recorded
+            recorded = True  # once: if it fails, the stream ends without [DONE] and the error is logged
+            # Shielded: a disconnect arriving now must not leave the turn half-recorded.
+            with anyio.CancelScope(shield=True):
+                await self.record(call, outcome, finisher)
+
         try:
             try:
                 while (event := await source.next_event()) is not None:
@@ -321,6 +329,7 @@ class CompletionService:
                 await source.aclose()
                 if not usage_seen:
                     self._estimate(call, outcome)
+                await settle()
                 if call.usage_chunk:
                     yield _sse(self._usage_chunk(first, outcome))
                 yield _sse(openai_error_body(502, "upstream_error", "The model provider failed mid-stream."))
@@ -329,6 +338,9 @@ class CompletionService:
             await source.aclose()
             if not usage_seen:
                 self._estimate(call, outcome)
+            # Recorded before the end is sent: a client that reads [DONE] and then lists the
+            # conversation finds the reply there.
+            await settle()
             if call.usage_chunk:
                 yield (
                     b"data: " + usage_event + b"\n\n"
@@ -345,9 +357,10 @@ class CompletionService:
             # Shielded: under cancellation every await here would otherwise be cancelled at once.
             with anyio.CancelScope(shield=True):
                 await source.aclose()
-                if not usage_seen and not outcome.estimated:
-                    self._estimate(call, outcome)
-                await self.record(call, outcome, finisher)
+                if not recorded:  # the client left (or the server is stopping) before the end
+                    if not usage_seen and not outcome.estimated:
+                        self._estimate(call, outcome)
+                    await self.record(call, outcome, finisher)
                 if store and done and outcome.status == "completed" and usage_seen and not outcome.tool_calls:
                     outcome.message = {"role": "assistant", "content": outcome.text}
                     await self._store(call, outcome, (first or {}).get("model") or call.route.model, None)

@@ -183,7 +183,9 @@ class TestTurns:
         """A client that reads [DONE] and then lists the conversation must find the reply there."""
         configure(providers["primary"], chunks=10, chunk_delay_ms=30)
         user = stack.user()
-        database_url = make_url(stack.config.database_url).set(drivername="postgresql").render_as_string(False)
+        database_url = (
+            make_url(stack.config.database_url).set(drivername="postgresql").render_as_string(False)
+        )
         with user.http() as http, psycopg.connect(database_url, autocommit=False) as locker:
             conversation = _create(http)
             with http.stream(

@@ -12,6 +12,7 @@ import asyncio
 import json
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -59,14 +60,6 @@ def user_with(stack: Stack, admin: Account, **overrides: Any) -> Account:
     return user
 
 
-async def burst(url: str, headers: dict[str, str], count: int, session: aiohttp.ClientSession) -> list[Any]:
-    async def one() -> tuple[int, str | None, bytes]:
-        async with session.get(url, headers=headers) as response:
-            return response.status, response.headers.get("retry-after"), await response.read()
-
-    return await asyncio.gather(*(one() for _ in range(count)))
-
-
 def served_by(stack: Stack, name: str) -> int:
     process = next(p for p in stack.gateways if p.name == name)
     return sum(
@@ -81,35 +74,67 @@ class TestExactness:
         user = user_with(stack, admin, requests_per_minute=100)
         url = stack.url + "/v1/models"
 
-        async def rounds() -> list[tuple[Any, ...]]:
+        async def one(session: aiohttp.ClientSession) -> tuple[float, bool, str | None, bytes]:
+            async with session.get(url, headers=user.headers) as response:
+                body = await response.read()
+                return time.monotonic(), response.status != 429, response.headers.get("retry-after"), body
+
+        async def rounds() -> list[Round]:
             results = []
             connector = aiohttp.TCPConnector(limit=500, force_close=False)
             async with aiohttp.ClientSession(connector=connector) as session:
                 for _ in range(20):
                     started = time.monotonic()
-                    replies = await burst(url, user.headers, 500, session)
-                    admitted = sum(1 for status, _, _ in replies if status != 429)
-                    refused = [(r, body) for status, r, body in replies if status == 429]
-                    shaped = all(
-                        retry is not None
-                        and int(retry) >= 1
-                        and json.loads(body)["error"]["type"] == "rate_limit_exceeded"
-                        for retry, body in refused
-                    )
-                    results.append((admitted, len(refused), shaped))
-                    results[-1] += (time.monotonic() - started,)
+                    replies = await asyncio.gather(*(one(session) for _ in range(500)))
+                    results.append(Round(started, replies))
                     # Next round once every admission of this one has left the window.
                     await asyncio.sleep(WINDOW + 0.1)
             return results
 
         before = (served_by(stack, "gateway-a"), served_by(stack, "gateway-b"))
         results = asyncio.run(rounds())
-        assert [r[0] for r in results] == [100] * 20, f"(admitted, refused, shaped, seconds): {results}"
-        assert [r[1] for r in results] == [400] * 20
-        assert all(r[2] for r in results), "every 429 carries Retry-After in OpenAI's error shape"
+        summary = [(r.admitted, round(r.seconds, 2)) for r in results]
+        # A round answered within one window holds exactly the limit's admissions. A round this busy
+        # machine stretched past the window may rightly admit more (the first admissions have slid out
+        # of the window by its end): there, only the replies certainly inside the window are counted.
+        conclusive = [r for r in results if r.seconds < WINDOW]
+        assert len(conclusive) >= 15, f"too few rounds within one window; (admitted, seconds): {summary}"
+        assert [r.admitted for r in conclusive] == [100] * len(conclusive), summary
+        assert all(r.admitted >= 100 and r.admitted_within_window <= 100 for r in results), summary
+        assert all(r.refusals_shaped for r in results), (
+            "every 429 carries Retry-After in OpenAI's error shape"
+        )
         # Both processes behind the one port served a share of the traffic.
         served = (served_by(stack, "gateway-a") - before[0], served_by(stack, "gateway-b") - before[1])
         assert min(served) > 500, served
+
+
+@dataclass
+class Round:
+    started: float
+    replies: list[tuple[float, bool, str | None, bytes]]  # (replied at, admitted, Retry-After, body)
+
+    @property
+    def seconds(self) -> float:
+        return max(replied for replied, *_ in self.replies) - self.started
+
+    @property
+    def admitted(self) -> int:
+        return sum(1 for _, ok, _, _ in self.replies if ok)
+
+    @property
+    def admitted_within_window(self) -> int:
+        return sum(1 for replied, ok, _, _ in self.replies if ok and replied < self.started + WINDOW)
+
+    @property
+    def refusals_shaped(self) -> bool:
+        return all(
+            retry is not None
+            and int(retry) >= 1
+            and json.loads(body)["error"]["type"] == "rate_limit_exceeded"
+            for _, ok, retry, body in self.replies
+            if not ok
+        )
 
 
 class TestWindowBoundaries:

@@ -58,6 +58,17 @@ async def test_round_trip_keeps_identity_and_plan() -> None:
     assert await VERIFIER.verify(mint_internal_token(KEY, IDENTITY)) == IDENTITY
 
 
+async def test_rag_limits_round_trip_and_default_to_the_free_plans() -> None:
+    unlimited = InternalIdentity(
+        user_id=uuid.uuid4(), plan=PlanClaims(rag_max_documents=None, rag_max_document_bytes=5_000_000)
+    )
+    plan = (await VERIFIER.verify(mint_internal_token(KEY, unlimited))).plan
+    assert (plan.rag_max_documents, plan.rag_max_document_bytes) == (None, 5_000_000)
+    # A token signed before plans had the limits (a gateway not yet upgraded): the free plan's figures.
+    older = (await VERIFIER.verify(sign(claims(plan={"name": "pro"})))).plan
+    assert (older.rag_max_documents, older.rag_max_document_bytes) == (10, 100_000)
+
+
 @pytest.mark.parametrize(
     "token",
     [

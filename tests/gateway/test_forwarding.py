@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from parley_common.auth.internal import InternalIdentity, InternalTokenVerifier
 from parley_common.auth.jwks import KeySet
@@ -96,6 +98,49 @@ class TestModelCalls:
         assert identity.plan.default_model == "gpt-4o-mini"
         assert identity.plan.cache == "exact"
         assert (identity.plan.daily_token_quota, identity.plan.monthly_token_quota) == (200_000, 2_000_000)
+        assert (identity.plan.rag_max_documents, identity.plan.rag_max_document_bytes) == (10, 100_000)
+
+    def test_the_plan_claims_carry_the_rag_limits_with_overrides_and_plan_changes(
+        self, stack: Stack, user: Account, echo_url: str
+    ) -> None:
+        admin = stack.admin()
+
+        def forwarded_limits() -> tuple[Any, Any]:
+            """The RAG limits in the plan claims of the token the next forwarded request carries."""
+            httpx.post(echo_url + "/_echo/reset")
+            assert httpx.get(stack.url + "/v1/models", headers=user.headers).status_code == 200
+            [seen] = recorded(echo_url)
+            token = seen["headers"]["authorization"].removeprefix("Bearer ")
+            plan = verify_internal(stack, token).plan
+            # Sent, not filled in by PlanClaims's defaults on the way in (those are the free plan's).
+            sent = jwt.decode(token, options={"verify_signature": False})["plan"]
+            assert (sent["rag_max_documents"], sent["rag_max_document_bytes"]) == (
+                plan.rag_max_documents,
+                plan.rag_max_document_bytes,
+            )
+            return plan.rag_max_documents, plan.rag_max_document_bytes
+
+        assert forwarded_limits() == (10, 100_000)
+        stack.set_user(admin, user.id, plan="enterprise")
+        assert forwarded_limits() == (None, 5_000_000)  # unlimited documents: null, not the default 10
+        stack.set_user(
+            admin, user.id, plan_overrides={"rag_max_documents": 3, "rag_max_document_bytes": 4096}
+        )
+        assert forwarded_limits() == (3, 4096)
+
+        name = f"rag-{uuid.uuid4().hex[:8]}"
+        plans = stack.url + "/v1/admin/plans"
+        created = httpx.post(
+            plans,
+            json={"name": name, "rag_max_documents": 0, "rag_max_document_bytes": 1234},
+            headers=admin.headers,
+        )
+        assert created.status_code == 201, created.text
+        stack.set_user(admin, user.id, plan=name, plan_overrides={})
+        assert forwarded_limits() == (0, 1234)  # no retrieval in this plan
+        changed = httpx.patch(f"{plans}/{name}", json={"rag_max_documents": 7}, headers=admin.headers)
+        assert changed.status_code == 200, changed.text
+        assert forwarded_limits() == (7, 1234)  # the plan's change applies to the very next request
 
     def test_non_streamed_usage_is_settled_from_the_reply(self, stack: Stack, user: Account) -> None:
         before = me(stack, user)["limits"]["daily_tokens"]

@@ -96,6 +96,10 @@ class TestPlans:
         assert free["default_model"] == "gpt-4o-mini"
         assert free["daily_token_quota"] < plans["pro"]["daily_token_quota"]
         assert plans["enterprise"]["daily_token_quota"] is None
+        limits = {name: (p["rag_max_documents"], p["rag_max_document_bytes"]) for name, p in plans.items()}
+        assert limits["free"] == (10, 100_000)
+        assert limits["pro"] == (200, 1_000_000)
+        assert limits["enterprise"] == (None, 5_000_000)  # as many documents as wanted
         for plan in plans.values():
             assert plan["cache"] in ("off", "exact", "semantic")
             for key in ("requests_per_minute", "tokens_per_minute", "concurrent_streams", "allowed_models"):
@@ -152,6 +156,81 @@ class TestPlans:
         assert view["limits"]["monthly_tokens"]["limit"] == 2_000_000
         stack.set_user(admin, user.id, plan_overrides={})
         assert me(stack.urls[1], user)["limits"]["concurrent_streams"]["limit"] == 3
+
+    def test_rag_limits_are_shown_settable_and_validated(self, stack: Stack, admin: Account) -> None:
+        base, h = stack.url + "/v1/admin/plans", admin.headers
+        plain = create_plan(stack, admin)
+        assert (plain["rag_max_documents"], plain["rag_max_document_bytes"]) == (10, 100_000)  # free's
+        unlimited = create_plan(stack, admin, rag_max_documents=None, rag_max_document_bytes=2_000_000)
+        assert (unlimited["rag_max_documents"], unlimited["rag_max_document_bytes"]) == (None, 2_000_000)
+
+        changed = httpx.patch(
+            f"{base}/{plain['name']}", json={"rag_max_documents": 0, "rag_max_document_bytes": 1}, headers=h
+        )
+        assert changed.status_code == 200, changed.text
+        assert (changed.json()["rag_max_documents"], changed.json()["rag_max_document_bytes"]) == (0, 1)
+        assert changed.json()["revision"] > plain["revision"]
+        shown = httpx.get(f"{base}/{plain['name']}", headers=h).json()
+        assert (shown["rag_max_documents"], shown["rag_max_document_bytes"]) == (0, 1)
+        listed = {p["name"]: p for p in httpx.get(base, headers=h).json()}
+        assert listed[unlimited["name"]]["rag_max_documents"] is None
+
+        for bad in (
+            {"rag_max_documents": -1},
+            {"rag_max_documents": 1_000_001},
+            {"rag_max_documents": "many"},
+            {"rag_max_document_bytes": 0},
+            {"rag_max_document_bytes": -5},
+            {"rag_max_document_bytes": 10_000_001},
+            {"rag_max_document_bytes": None},  # the largest document always has a size
+        ):
+            refused = httpx.patch(f"{base}/{plain['name']}", json=bad, headers=h)
+            assert refused.status_code == 422, (bad, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json", bad
+            problem = refused.json()
+            assert problem["status"] == 422
+            assert next(iter(bad)) in problem["detail"], (bad, problem)
+        created = httpx.post(base, json={"name": plan_name(), "rag_max_documents": -1}, headers=h)
+        assert created.status_code == 422
+        assert created.headers["content-type"] == "application/problem+json"
+        after = httpx.get(f"{base}/{plain['name']}", headers=h).json()
+        assert (after["rag_max_documents"], after["rag_max_document_bytes"], after["revision"]) == (
+            0,
+            1,
+            changed.json()["revision"],
+        )
+
+    def test_per_user_rag_overrides(self, stack: Stack, admin: Account) -> None:
+        user = stack.register()
+        overrides = {"rag_max_documents": None, "rag_max_document_bytes": 250_000}
+        changed = stack.set_user(admin, user.id, plan_overrides=overrides)
+        assert changed["plan_overrides"] == overrides
+        effective = changed["effective_plan"]
+        assert (effective["rag_max_documents"], effective["rag_max_document_bytes"]) == (None, 250_000)
+        plan = me(stack.urls[1], user)["plan"]
+        assert (plan["name"], plan["rag_max_documents"], plan["rag_max_document_bytes"]) == (
+            "free",
+            None,
+            250_000,
+        )
+        # Retrieval taken out of this user's plan; the document size back to the plan's.
+        stack.set_user(admin, user.id, plan_overrides={"rag_max_documents": 0})
+        plan = me(stack.urls[1], user)["plan"]
+        assert (plan["rag_max_documents"], plan["rag_max_document_bytes"]) == (0, 100_000)
+
+        url = f"{stack.url}/v1/admin/users/{user.id}"
+        for bad in (
+            {"rag_max_documents": -1},
+            {"rag_max_document_bytes": 0},
+            {"rag_max_document_bytes": 10_000_001},
+            {"rag_max_document_bytes": None},
+        ):
+            refused = httpx.patch(url, json={"plan_overrides": bad}, headers=admin.headers)
+            assert refused.status_code == 422, (bad, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json", bad
+            assert next(iter(bad)) in refused.text, bad
+        kept = httpx.get(url, headers=admin.headers).json()
+        assert kept["plan_overrides"] == {"rag_max_documents": 0}
 
     def test_admin_changes_of_plan_write_plan_changed(
         self, stack: Stack, admin: Account, database_url: str

@@ -17,12 +17,12 @@ from uuid import UUID
 
 from parley_common.errors import Problem
 from parley_common.events import PlanChangedV1, UserRegisteredV1
-from sqlalchemy import func, select, update
+from sqlalchemy import func, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_gateway.models import ApiKey, OutboxMessage, Plan, PlanCatalog, RefreshToken, User
-from parley_gateway.plans import PlanFields
+from parley_gateway.plans import NEVER_UNLIMITED, PlanFields
 from parley_gateway.tokens import ExternalToken
 
 REFRESH_PREFIX = "prt_"
@@ -269,9 +269,11 @@ async def create_plan(session: AsyncSession, name: str, fields: PlanFields) -> t
         allowed_models=values.pop("allowed_models", None) or [],
         model_routes=values.pop("model_routes", None) or {},
         max_output_tokens=values.pop("max_output_tokens", None) or 4096,
+        rag_max_document_bytes=values.pop("rag_max_document_bytes", None) or 100_000,
         cache=values.pop("cache", None) or "off",
         revision=await _next_plan_revision(session),
-        **values,
+        # An explicit null is stored as NULL (unlimited): the ORM would put a column's default in its place.
+        **{key: null() if value is None else value for key, value in values.items()},
     )
     session.add(plan)
     try:
@@ -290,8 +292,8 @@ async def update_plan(session: AsyncSession, name: str, fields: PlanFields) -> t
     for key, value in fields.model_dump(exclude_unset=True).items():
         if value is None and key in _NOT_NULL:
             value = _NOT_NULL[key]
-        if value is None and key == "max_output_tokens":
-            raise Problem(422, "validation_error", "max_output_tokens cannot be null.")
+        if value is None and key in NEVER_UNLIMITED:
+            raise Problem(422, "validation_error", f"{key} cannot be null.")
         setattr(plan, key, value)
     plan.revision = await _next_plan_revision(session)
     await session.flush()

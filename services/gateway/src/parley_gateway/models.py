@@ -48,6 +48,10 @@ class Plan(TimestampMixin, Model):
     # Reserved for a request that sets no max_tokens (the reservation must bound the reply).
     max_output_tokens: Mapped[int] = mapped_column(Integer, default=4096)
     cache: Mapped[str] = mapped_column(String(20), default="off")
+    # Retrieval (chat reads both from the plan claims): documents a user may keep (0: no retrieval in the
+    # plan; None: unlimited) and the largest document accepted, in UTF-8 bytes.
+    rag_max_documents: Mapped[int | None] = mapped_column(Integer, default=10, server_default="10")
+    rag_max_document_bytes: Mapped[int] = mapped_column(Integer, default=100_000, server_default="100000")
     # The catalogue's revision when this plan last changed (see PlanCatalog).
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
 

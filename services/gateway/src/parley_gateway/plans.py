@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from parley_common.auth.internal import PlanClaims
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parley_gateway.models import Plan
 
@@ -34,6 +34,8 @@ class EffectivePlan:
     monthly_token_quota: int | None
     max_output_tokens: int
     cache: str
+    rag_max_documents: int | None  # 0: no retrieval in the plan
+    rag_max_document_bytes: int
 
     @classmethod
     def from_row(cls, row: Plan) -> EffectivePlan:
@@ -50,6 +52,8 @@ class EffectivePlan:
             monthly_token_quota=row.monthly_token_quota,
             max_output_tokens=row.max_output_tokens,
             cache=row.cache,
+            rag_max_documents=row.rag_max_documents,
+            rag_max_document_bytes=row.rag_max_document_bytes,
         )
 
     def with_overrides(self, overrides: dict[str, Any]) -> EffectivePlan:
@@ -72,6 +76,8 @@ class EffectivePlan:
             cache=self.cache,  # type: ignore[arg-type]  # checked by the table's constraint
             daily_token_quota=self.daily_token_quota,
             monthly_token_quota=self.monthly_token_quota,
+            rag_max_documents=self.rag_max_documents,
+            rag_max_document_bytes=self.rag_max_document_bytes,
         )
 
     def public(self) -> dict[str, Any]:
@@ -88,6 +94,8 @@ class EffectivePlan:
             "monthly_token_quota": self.monthly_token_quota,
             "max_output_tokens": self.max_output_tokens,
             "cache": self.cache,
+            "rag_max_documents": self.rag_max_documents,
+            "rag_max_document_bytes": self.rag_max_document_bytes,
         }
 
     def fingerprint(self) -> str:
@@ -116,6 +124,12 @@ class PlanFields(BaseModel):
     monthly_token_quota: Limit = Field(None, ge=0)
     max_output_tokens: int | None = Field(None, ge=1, le=1_000_000)
     cache: CachePolicy | None = None
+    rag_max_documents: Limit = Field(
+        None, ge=0, le=1_000_000, description="Documents kept for retrieval; 0: no retrieval; null: unlimited"
+    )
+    rag_max_document_bytes: int | None = Field(
+        None, ge=1, le=10_000_000, description="Largest document accepted, in UTF-8 bytes"
+    )
 
     @field_validator("allowed_models")
     @classmethod
@@ -125,5 +139,16 @@ class PlanFields(BaseModel):
         return value
 
 
+# Limits that always have a figure: an override may change them, never make them unlimited (``null``).
+NEVER_UNLIMITED = ("max_output_tokens", "rag_max_document_bytes")
+
+
 class PlanOverrides(PlanFields):
     """Per-user exceptions: only the keys sent are stored; ``null`` makes a limit unlimited."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PlanOverrides:
+        for name in NEVER_UNLIMITED:
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self

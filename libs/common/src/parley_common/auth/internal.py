@@ -2,8 +2,9 @@
 
 The gateway authenticates the client (JWT or API key), then forwards a token it signs itself, valid for
 a minute, with audience ``parley-internal`` (a user's access token has another audience and is refused
-here, and the other way round). It carries the caller's id, role and plan snapshot, so chat can route
-and cache by plan without reading the gateway's tables. Services never trust a bare identity header.
+here, and the other way round). It carries the caller's id, role and plan snapshot, so chat can route,
+cache and bound retrieval documents by plan without reading the gateway's tables. Services never trust
+a bare identity header.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class PlanClaims(BaseModel):
     cache: Literal["off", "exact", "semantic"] = "off"
     daily_token_quota: int | None = Field(None, description="None: unlimited")
     monthly_token_quota: int | None = Field(None, description="None: unlimited")
+    rag_max_documents: int | None = Field(
+        10,
+        description="Documents a user may keep for retrieval; 0: retrieval not in the plan; None: unlimited",
+    )
+    rag_max_document_bytes: int = Field(100_000, description="Largest document accepted, in UTF-8 bytes")
 
 
 class InternalIdentity(BaseModel):

@@ -399,6 +399,8 @@ def _auth_plan(limit: int) -> EffectivePlan:
         monthly_token_quota=None,
         max_output_tokens=0,
         cache="off",
+        rag_max_documents=0,
+        rag_max_document_bytes=0,
     )
     _AUTH_PLAN_CACHE[limit] = plan
     return plan

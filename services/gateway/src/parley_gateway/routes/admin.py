@@ -56,6 +56,8 @@ class PlanOut(BaseModel):
     monthly_token_quota: int | None
     max_output_tokens: int
     cache: str
+    rag_max_documents: int | None
+    rag_max_document_bytes: int
     revision: int
     created_at: datetime
     modified_at: datetime | None

@@ -122,7 +122,9 @@ class TestModelCalls:
 
         assert forwarded_limits() == (10, 100_000)
         stack.set_user(admin, user.id, plan="enterprise")
-        assert forwarded_limits() == (None, 5_000_000)  # unlimited documents: null, not the default 10
+        assert forwarded_limits() == (1_000, 1_000_000)
+        stack.set_user(admin, user.id, plan_overrides={"rag_max_documents": None})
+        assert forwarded_limits() == (None, 1_000_000)  # unlimited documents: null, not the default 10
         stack.set_user(
             admin, user.id, plan_overrides={"rag_max_documents": 3, "rag_max_document_bytes": 4096}
         )

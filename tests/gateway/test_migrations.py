@@ -68,8 +68,8 @@ def test_upgrade_seeds_the_default_plans_and_gives_other_plans_the_free_figures(
 
     assert plan_limits(empty_database) == {
         "free": (10, 100_000),
-        "pro": (200, 1_000_000),
-        "enterprise": (None, 5_000_000),
+        "pro": (100, 500_000),
+        "enterprise": (1_000, 1_000_000),
         "team": (10, 100_000),
     }
     # A plan created by hand later, naming neither column, gets the same server defaults.
@@ -120,4 +120,4 @@ def test_downgrade_drops_the_columns_and_the_overrides_of_them(empty_database: s
     assert row["plan_overrides"] == {"concurrent_streams": 9}
 
     upgrade("parley_gateway", empty_database, "gateway")  # and up again
-    assert plan_limits(empty_database)["enterprise"] == (None, 5_000_000)
+    assert plan_limits(empty_database)["enterprise"] == (1_000, 1_000_000)

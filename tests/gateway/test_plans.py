@@ -98,8 +98,8 @@ class TestPlans:
         assert plans["enterprise"]["daily_token_quota"] is None
         limits = {name: (p["rag_max_documents"], p["rag_max_document_bytes"]) for name, p in plans.items()}
         assert limits["free"] == (10, 100_000)
-        assert limits["pro"] == (200, 1_000_000)
-        assert limits["enterprise"] == (None, 5_000_000)  # as many documents as wanted
+        assert limits["pro"] == (100, 500_000)
+        assert limits["enterprise"] == (1_000, 1_000_000)
         for plan in plans.values():
             assert plan["cache"] in ("off", "exact", "semantic")
             for key in ("requests_per_minute", "tokens_per_minute", "concurrent_streams", "allowed_models"):

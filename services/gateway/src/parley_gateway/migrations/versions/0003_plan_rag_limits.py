@@ -17,8 +17,8 @@ COLUMNS = ("rag_max_documents", "rag_max_document_bytes")
 # the free plan's. rag_max_documents: 0 means retrieval is not in the plan, None means unlimited.
 DEFAULT_PLAN_LIMITS = {
     "free": {"rag_max_documents": 10, "rag_max_document_bytes": 100_000},
-    "pro": {"rag_max_documents": 200, "rag_max_document_bytes": 1_000_000},
-    "enterprise": {"rag_max_documents": None, "rag_max_document_bytes": 5_000_000},
+    "pro": {"rag_max_documents": 100, "rag_max_document_bytes": 500_000},
+    "enterprise": {"rag_max_documents": 1_000, "rag_max_document_bytes": 1_000_000},
 }
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start PostgreSQL, Redis and RabbitMQ on loopback when they are installed but stopped; install them
-# first (Debian packages) when they are missing and we are root. Then wait until each one answers.
+# first (Debian packages) when they are missing and we are root, with the pgvector extension chat needs.
+# Then wait until each one answers.
 set -euo pipefail
 
 say() { printf '\033[1m[services]\033[0m %s\n' "$*"; }
@@ -37,6 +38,7 @@ if ! port_open 5672; then
   rabbitmq-server -detached >/dev/null 2>&1 || true
 fi
 wait_port PostgreSQL 5432
+bash "$(dirname "$0")/install_pgvector.sh"
 wait_port Redis 6379
 wait_port RabbitMQ 5672 240
 rabbitmqctl -q await_startup >/dev/null 2>&1 || true

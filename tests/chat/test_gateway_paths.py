@@ -1,9 +1,5 @@
-"""Chat's routes reached the way clients reach them: through the gateway, with a real account.
-
-Two pieces belong to the gateway (issue 3): forwarding ``/v1/models`` and ``/v1/conversations`` to chat,
-and rate limits. Each test here checks whether the gateway it runs against has that piece and skips,
-saying which, when it does not; with the gateway's work merged they run for real.
-"""
+"""Chat's routes reached the way clients reach them: through the gateway, with a real account and the
+plan the gateway attaches (models, documents, rate limits)."""
 
 from __future__ import annotations
 
@@ -19,17 +15,9 @@ from tests.support.api import new_email, promote_to_admin, register_and_login
 MESSAGES = [{"role": "user", "content": "hello through the gateway"}]
 
 
-def _require_forwarding(stack: ChatStack, token: str, path: str) -> None:
-    # Chat never answers 404 to these listings: a 404 means the gateway has no route for them.
-    response = httpx.get(stack.gateway_url + path, headers={"authorization": f"Bearer {token}"}, timeout=10)
-    if response.status_code == 404:
-        pytest.skip(f"the gateway on this branch does not forward {path} to chat yet (issue 3: forwarding)")
-
-
 class TestThroughTheGateway:
     def test_models_by_plan(self, stack: ChatStack) -> None:
         _, token = register_and_login(stack.gateway_url)
-        _require_forwarding(stack, token, "/v1/models")
         client = openai.OpenAI(base_url=stack.platform.api_url, api_key=token, max_retries=0)
         ids = [m.id for m in client.models.list().data]
         assert ids
@@ -39,7 +27,6 @@ class TestThroughTheGateway:
 
     def test_conversation_turns_and_owner_scoping(self, stack: ChatStack, providers: dict[str, str]) -> None:
         _, alice = register_and_login(stack.gateway_url)
-        _require_forwarding(stack, alice, "/v1/conversations")
         _, bob = register_and_login(stack.gateway_url)
         headers = {"authorization": f"Bearer {alice}"}
         with httpx.Client(base_url=stack.gateway_url, headers=headers, timeout=30) as http:
@@ -53,6 +40,29 @@ class TestThroughTheGateway:
             assert data[-1] == "[DONE]"
             assert all("usage" not in json.loads(d) for d in data[:-1])  # the client did not ask for it
             assert [m["role"] for m in http.get(path + "/messages").json()["data"]] == ["user", "assistant"]
+        with httpx.Client(base_url=stack.gateway_url, headers={"authorization": f"Bearer {bob}"}) as http:
+            assert http.get(path).status_code == 404
+            assert http.delete(path).status_code == 404
+
+    def test_documents_with_the_plan_the_gateway_attaches(
+        self, stack: ChatStack, providers: dict[str, str]
+    ) -> None:
+        _, alice = register_and_login(stack.gateway_url)  # the free plan: retrieval included
+        _, bob = register_and_login(stack.gateway_url)
+        with httpx.Client(base_url=stack.gateway_url, headers={"authorization": f"Bearer {alice}"}) as http:
+            added = http.post(
+                "/v1/documents", json={"title": "Trams", "content": "Tram 28 goes to the castle."}
+            )
+            assert added.status_code == 201, added.text
+            path = f"/v1/documents/{added.json()['id']}"
+            assert [d["id"] for d in http.get("/v1/documents").json()["data"]] == [added.json()["id"]]
+            conversation = http.post("/v1/conversations", json={}).json()
+            turn = http.post(
+                f"/v1/conversations/{conversation['id']}/messages",
+                json={"content": "Which tram goes to the castle?", "documents": "all"},
+            )
+            assert turn.status_code == 201, turn.text
+            assert turn.headers["x-parley-sources"] == f"{added.json()['id']}#0"
         with httpx.Client(base_url=stack.gateway_url, headers={"authorization": f"Bearer {bob}"}) as http:
             assert http.get(path).status_code == 404
             assert http.delete(path).status_code == 404

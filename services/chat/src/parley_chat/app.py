@@ -16,9 +16,11 @@ from parley_chat.cache import ResponseCache
 from parley_chat.completions import CompletionService
 from parley_chat.config import Settings, get_settings
 from parley_chat.conversations.service import ConversationService
+from parley_chat.documents.service import DocumentService
+from parley_chat.embeddings import LocalEmbedder
 from parley_chat.providers import Router
-from parley_chat.routes import completions, conversations, models
-from parley_chat.semantic import LocalEmbedder, SemanticIndex
+from parley_chat.routes import completions, conversations, documents, models
+from parley_chat.semantic import SemanticIndex
 
 OPENAI_PREFIXES = ("/v1/chat/completions", "/v1/models")
 
@@ -44,18 +46,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.sessionmaker = async_session_factory(writer)
         app.state.router = router
+        embedder = LocalEmbedder()  # one model, loaded on first use, for the semantic cache and documents
         semantic = SemanticIndex(
             cache,
-            LocalEmbedder(),
+            embedder,
             threshold=settings.cache_semantic_threshold,
             max_entries=settings.cache_semantic_max_entries,
         )
         app.state.completions = CompletionService(settings, app.state.sessionmaker, router, cache, semantic)
+        app.state.documents = DocumentService(settings, app.state.sessionmaker, embedder)
         app.state.conversations = ConversationService(
             settings,
             app.state.sessionmaker,
             async_session_factory(reader),
             app.state.completions,
+            app.state.documents,
             has_replica=reader is not writer,
         )
         # Redis is left out on purpose: the cache fails open, so chat is ready without it.
@@ -72,4 +77,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(conversations.router)
+    app.include_router(documents.router)
     return app

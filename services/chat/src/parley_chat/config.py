@@ -112,6 +112,22 @@ class Settings(HttpServerSettings, DatabaseSettings, RabbitSettings, InternalAut
         description="Questions kept per user and conversation context for the semantic cache",
     )
 
+    rag_top_k: int = Field(4, ge=1, le=20, description="Document excerpts retrieved for a turn, at most")
+    rag_min_score: float = Field(
+        0.25,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity an excerpt needs to be retrieved (lower ones are left out)",
+    )
+    rag_context_share: float = Field(
+        0.5,
+        gt=0,
+        le=0.9,
+        description="Share of a turn's prompt budget that retrieved excerpts may take",
+    )
+    rag_chunk_words: int = Field(120, ge=20, le=180, description="Words per document excerpt (chunk)")
+    rag_chunk_overlap_words: int = Field(20, ge=0, le=60, description="Words repeated between chunks")
+
     @field_validator("providers", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

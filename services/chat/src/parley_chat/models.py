@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from parley_common.db.base import schema_metadata
 from parley_common.messaging.outbox import OutboxMixin
+from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -24,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "chat"
 MESSAGE_PARTITIONS = 16  # hash partitions of chat.messages; changing it is a migration
+EMBEDDING_DIMENSION = 384  # all-MiniLM-L6-v2; another embedding model is a migration
 
 
 class Model(DeclarativeBase):
@@ -102,6 +105,46 @@ class Message(Model):
         {"postgresql_partition_by": "HASH (user_id)"},
     )
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012 - read once by the declarative mapper
+
+
+class Document(Model):
+    """A text a user keeps for retrieval; its chunks carry the embeddings."""
+
+    __tablename__ = "documents"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[UUID] = mapped_column()
+    title: Mapped[str] = mapped_column(String(200))
+    bytes: Mapped[int] = mapped_column(Integer)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "id", name="uq_documents_user_id_id"),
+        Index("ix_documents_user_created", "user_id", "created_at", "id"),
+    )
+
+
+class DocumentChunk(Model):
+    """One excerpt of a document and its embedding (pgvector)."""
+
+    __tablename__ = "document_chunks"
+
+    user_id: Mapped[UUID] = mapped_column(primary_key=True)
+    document_id: Mapped[UUID] = mapped_column(primary_key=True)
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIMENSION))
+
+    __table_args__ = (
+        # (user_id, document_id) references the owner's document: a chunk can never cross users.
+        ForeignKeyConstraint(
+            ["user_id", "document_id"],
+            ["chat.documents.user_id", "chat.documents.id"],
+            ondelete="CASCADE",
+            name="fk_document_chunks_document",
+        ),
+    )
 
 
 class OutboxMessage(OutboxMixin, Model):

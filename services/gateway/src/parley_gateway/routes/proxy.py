@@ -316,6 +316,8 @@ def routes() -> list[Route]:
         Route("/v1/conversations/{conversation_id}/messages", conversation_message, methods=["GET", "POST"]),
         Route("/v1/conversations", to_chat, methods=ALL),
         Route("/v1/conversations/{rest:path}", to_chat, methods=ALL),
+        Route("/v1/documents", to_chat, methods=ALL),
+        Route("/v1/documents/{rest:path}", to_chat, methods=ALL),
         Route("/v1/models", to_chat, methods=["GET"]),
         Route("/v1/models/{rest:path}", to_chat, methods=["GET"]),
         Route("/v1/usage", to_usage, methods=ALL),

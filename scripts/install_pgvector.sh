@@ -20,9 +20,13 @@ fi
 
 say "building pgvector ${VERSION} for PostgreSQL ${major}"
 server=$(dpkg-query -W -f='${Version}' "postgresql-${major}")
-# The headers must match the running server exactly.
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-  "postgresql-server-dev-${major}=${server}" gcc make curl >/dev/null
+# The headers must match the running server exactly; the tools are installed only when missing.
+packages=("postgresql-server-dev-${major}=${server}")
+for tool in gcc make curl; do command -v "$tool" >/dev/null || packages+=("$tool"); done
+if ! apt-cache show "postgresql-server-dev-${major}=${server}" >/dev/null 2>&1; then
+  apt-get update -q >/dev/null
+fi
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 curl -fsSL --retry 3 -o "$work/pgvector.tar.gz" "$URL"

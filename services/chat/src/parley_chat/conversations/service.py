@@ -174,7 +174,8 @@ class ConversationService:
             or body.max_tokens
             or min(self.settings.default_output_reserve, context // 4)
         )
-        system_prompt, sources = conversation.system_prompt, list[Excerpt]()
+        system_prompt = conversation.system_prompt
+        sources: list[Excerpt] = []  # the document excerpts handed to the model
         if body.documents is not None:
             found = await self.documents.search(
                 caller, body.content, None if body.documents == "all" else body.documents

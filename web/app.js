@@ -1,10 +1,11 @@
-// Parley's web UI: a thin client of the public API (/v1/auth, /v1/conversations, /v1/models).
+// Parley's web UI: a thin client of the public API (/v1/auth, /v1/conversations, /v1/documents,
+// /v1/models).
 // Tokens live in sessionStorage (gone when the tab closes); every text is inserted with textContent,
 // never as HTML, so a model's reply cannot inject markup.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("parley.token"), conversation: null, busy: false };
+const state = { token: sessionStorage.getItem("parley.token"), conversation: null, busy: false, documents: [] };
 
 async function api(path, { method = "GET", body } = {}) {
   const headers = { "content-type": "application/json" };
@@ -82,6 +83,56 @@ async function loadConversations() {
     item.addEventListener("click", () => open(conversation));
     list.append(item);
   }
+}
+
+async function loadDocuments() {
+  const page = await (await api("/v1/documents?limit=100")).json();
+  state.documents = page.data;
+  const list = $("documents");
+  list.replaceChildren();
+  for (const document_ of page.data) {
+    const item = document.createElement("li");
+    const title = document.createElement("span");
+    title.textContent = document_.title;
+    const remove = document.createElement("button");
+    remove.className = "secondary";
+    remove.textContent = "×";
+    remove.setAttribute("aria-label", `Delete document ${document_.title}`);
+    remove.addEventListener("click", () => removeDocument(document_).catch((e) => showError("documents-error", e)));
+    item.append(title, remove);
+    list.append(item);
+  }
+}
+
+async function addDocument() {
+  const input = $("document-file");
+  const file = input.files[0];
+  if (!file) return;
+  showError("documents-error", null);
+  try {
+    await api("/v1/documents", { method: "POST", body: { title: file.name.slice(0, 200), content: await file.text() } });
+    await loadDocuments();
+  } catch (error) {
+    showError("documents-error", error);
+  } finally {
+    input.value = "";
+  }
+}
+
+async function removeDocument(document_) {
+  await api(`/v1/documents/${document_.id}`, { method: "DELETE" });
+  await loadDocuments();
+}
+
+// The excerpts a reply was given, from its x-parley-sources header ("<document id>#<chunk>,...").
+function sourcesText(header) {
+  if (!header) return "";
+  const names = header.split(",").map((source) => {
+    const [id, chunk] = source.split("#");
+    const found = state.documents.find((d) => d.id === id);
+    return `${found ? found.title : "a deleted document"} (part ${Number(chunk) + 1})`;
+  });
+  return `Sources: ${names.join(", ")}`;
 }
 
 async function rename(conversation) {
@@ -163,11 +214,14 @@ async function send(event) {
     $("input").value = "";
     addMessage("user", text);
     const reply = addMessage("assistant", "");
+    const useDocuments = $("use-documents").checked;
     const response = await api(`/v1/conversations/${conversation.id}/messages`, {
       method: "POST",
-      body: { content: text, stream: true, model: $("model").value || undefined },
+      body: { content: text, stream: true, model: $("model").value || undefined, documents: useDocuments ? "all" : undefined },
     });
     await readStream(response, (delta) => { reply.textContent += delta; reply.scrollIntoView({ block: "end" }); });
+    const sources = sourcesText(response.headers.get("x-parley-sources"));
+    if (sources) addMessage("sources", sources);
     await loadConversations();
   } catch (error) {
     showError("chat-error", error);
@@ -183,7 +237,7 @@ async function render() {
   $("app").hidden = !signedIn;
   if (!signedIn) return;
   try {
-    await Promise.all([loadModels(), loadConversations()]);
+    await Promise.all([loadModels(), loadConversations(), loadDocuments()]);
   } catch (error) {
     showError("chat-error", error);
   }
@@ -194,6 +248,7 @@ $("register").addEventListener("click", () => { if ($("signin-form").reportValid
 $("logout").addEventListener("click", signOut);
 $("new-conversation").addEventListener("click", () => newConversation().catch((e) => showError("chat-error", e)));
 $("composer").addEventListener("submit", send);
+$("document-file").addEventListener("change", addDocument);
 $("input").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) $("composer").requestSubmit();
 });

@@ -88,3 +88,30 @@ def test_wrong_password_shows_the_error(page: Page, platform: Platform) -> None:
     page.click("#login")
     expect(page.locator("#signin-error")).not_to_have_text("")
     expect(page.locator("#app")).to_be_hidden()
+
+
+def test_documents_upload_answer_with_sources_and_delete(page: Page, platform: Platform) -> None:
+    sign_up(page, platform)
+    page.set_input_files(
+        "#document-file",
+        files=[
+            {
+                "name": "trams.txt",
+                "mimeType": "text/plain",
+                "buffer": b"Tram 28 climbs through Alfama and passes close to the castle of Lisbon.",
+            }
+        ],
+    )
+    documents = page.locator("#documents li")
+    expect(documents).to_have_count(1)
+    expect(documents.first).to_contain_text("trams.txt")
+
+    page.check("#use-documents")
+    page.fill("#input", "Which tram goes to the castle in Lisbon?")
+    page.click("#send")
+    # The reply is followed by the excerpts it was given, named by document title.
+    expect(page.locator("#messages li.sources")).to_have_text("Sources: trams.txt (part 1)")
+
+    page.click("#documents li button")
+    expect(documents).to_have_count(0)
+    expect(page.locator("#documents-error")).to_have_text("")

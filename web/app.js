@@ -124,15 +124,18 @@ async function removeDocument(document_) {
   await loadDocuments();
 }
 
-// The excerpts a reply was given, from its x-parley-sources header ("<document id>#<chunk>,...").
-function sourcesText(header) {
-  if (!header) return "";
-  const names = header.split(",").map((source) => {
+// The line under a reply naming the document excerpts it was given ([{title, chunk}]).
+function sourcesText(sources) {
+  return sources.length ? `Sources: ${sources.map((s) => `${s.title} (part ${s.chunk + 1})`).join(", ")}` : "";
+}
+
+// A stream names its sources in the x-parley-sources header: "<document id>#<chunk>,...".
+function sourcesFromHeader(header) {
+  return (header ? header.split(",") : []).map((source) => {
     const [id, chunk] = source.split("#");
     const found = state.documents.find((d) => d.id === id);
-    return `${found ? found.title : "a deleted document"} (part ${Number(chunk) + 1})`;
+    return { title: found ? found.title : "a deleted document", chunk: Number(chunk) };
   });
-  return `Sources: ${names.join(", ")}`;
 }
 
 async function rename(conversation) {
@@ -167,7 +170,11 @@ async function open(conversation) {
   $("title").textContent = conversation.title;
   $("messages").replaceChildren();
   const page = await (await api(`/v1/conversations/${conversation.id}/messages?order=asc&limit=100`)).json();
-  for (const message of page.data) addMessage(message.role, message.content || "");
+  for (const message of page.data) {
+    addMessage(message.role, message.content || "");
+    const sources = sourcesText(message.sources || []);
+    if (sources) addMessage("sources", sources);
+  }
   await loadConversations();
 }
 
@@ -220,7 +227,7 @@ async function send(event) {
       body: { content: text, stream: true, model: $("model").value || undefined, documents: useDocuments ? "all" : undefined },
     });
     await readStream(response, (delta) => { reply.textContent += delta; reply.scrollIntoView({ block: "end" }); });
-    const sources = sourcesText(response.headers.get("x-parley-sources"));
+    const sources = sourcesText(sourcesFromHeader(response.headers.get("x-parley-sources")));
     if (sources) addMessage("sources", sources);
     await loadConversations();
   } catch (error) {

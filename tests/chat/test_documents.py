@@ -182,8 +182,10 @@ class TestRetrieval:
         assert system.startswith("Be brief.\n\nExcerpts from the user's documents")
         assert "[1] Lisbon trams (part 1)\nTram 28 climbs" in system
         assert "sourdough" not in system.lower()
-        # The conversation keeps the question as asked, not the excerpts.
+        # The conversation keeps the question as asked, not the excerpts; the reply keeps its sources.
         assert stored[0]["content"] == QUESTION
+        assert [m["sources"] for m in stored] == [[], sources]
+        assert sources[0]["title"] == "Lisbon trams"
 
     def test_retrieval_can_be_limited_to_named_documents(
         self, stack: ChatStack, providers: dict[str, str]
@@ -234,7 +236,7 @@ class TestRetrieval:
         assert again.json()["sources"] == []
         assert "Tram 28" not in _system_prompt(providers["primary"])
 
-    def test_a_streamed_turn_names_its_sources_in_headers(
+    def test_a_streamed_turn_names_its_sources_in_headers_and_keeps_them(
         self, stack: ChatStack, providers: dict[str, str]
     ) -> None:
         with stack.user().http() as http:
@@ -248,6 +250,8 @@ class TestRetrieval:
                 assert response.status_code == 200
                 assert response.headers["x-parley-sources"] == f"{lisbon['id']}#0"
                 assert sse_data(response.iter_lines())[-1] == "[DONE]"
+            reply = http.get(f"/v1/conversations/{conversation}/messages").json()["data"][1]
+        assert [(s["document_id"], s["chunk"]) for s in reply["sources"]] == [(lisbon["id"], 0)]
 
     @pytest.mark.parametrize("documents", ["some", ["not-a-uuid"], [str(uuid.uuid4())] * 101])
     def test_a_bad_documents_field_is_refused(self, stack: ChatStack, documents: Any) -> None:

@@ -111,6 +111,9 @@ def test_documents_upload_answer_with_sources_and_delete(page: Page, platform: P
     page.click("#send")
     # The reply is followed by the excerpts it was given, named by document title.
     expect(page.locator("#messages li.sources")).to_have_text("Sources: trams.txt (part 1)")
+    page.reload()  # the reply keeps its sources: they are shown again with the history
+    page.locator("#conversations li").first.click()
+    expect(page.locator("#messages li.sources")).to_have_text("Sources: trams.txt (part 1)")
 
     page.click("#documents li button")
     expect(documents).to_have_count(0)

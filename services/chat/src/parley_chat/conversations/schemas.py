@@ -89,6 +89,7 @@ def message_out(message: Message) -> dict[str, Any]:
         "status": message.status,
         "finish_reason": message.finish_reason,
         "usage": usage,
+        "sources": message.sources or [],
         "created_at": _ts(message.created_at),
     }
 

@@ -221,7 +221,9 @@ class ConversationService:
         stored: dict[str, Message] = {}
 
         async def finish(session: AsyncSession, outcome: Outcome) -> None:
-            await self._store_reply(session, caller, conversation.id, reply_id, request_id, outcome, stored)
+            await self._store_reply(
+                session, caller, conversation.id, reply_id, request_id, outcome, stored, sources
+            )
 
         headers = {
             "x-parley-conversation-id": str(conversation.id),
@@ -257,6 +259,7 @@ class ConversationService:
         request_id: str,
         outcome: Outcome,
         stored: dict[str, Message],
+        sources: list[Excerpt],
     ) -> None:
         """The reply and its event, in the usage record's transaction (nothing when nothing was generated)."""
         text = outcome.text
@@ -279,6 +282,7 @@ class ConversationService:
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
             request_id=request_id,
+            sources=[source.public() for source in sources] or None,
         )
         await repo.add_message(reply)
         stored["reply"] = reply

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.chat.support import ChatStack, User, calls, configure, sse_data
@@ -259,3 +260,70 @@ class TestRetrieval:
             conversation = _conversation(http)
             _problem(_turn(http, conversation, QUESTION, documents=documents), 422, "validation_error")
             assert http.get(f"/v1/conversations/{conversation}").json()["message_count"] == 0
+
+
+class TestOpenAICompatibleRetrieval:
+    def test_the_sdk_asks_with_parley_documents(self, stack: ChatStack, providers: dict[str, str]) -> None:
+        configure(providers["primary"], record_messages=True)
+        user = stack.user()
+        with user.http() as http:
+            lisbon = _add(http, "Lisbon trams", LISBON)
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
+        raw = user.client().chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=messages,  # type: ignore[arg-type]
+            extra_body={"parley_documents": "all"},
+        )
+        assert raw.headers["x-parley-sources"] == f"{lisbon['id']}#0"
+        assert raw.parse().choices[0].message.content
+        sent = calls(providers["primary"])[-1]["messages"]
+        # The caller's system message first, then the excerpts, then the question; nothing else changes.
+        assert [m["role"] for m in sent] == ["system", "system", "user"]
+        assert sent[0]["content"] == "Be brief."
+        assert sent[2]["content"] == QUESTION
+        assert sent[1]["content"].startswith("Excerpts from the user's documents")
+        assert "Tram 28 climbs" in sent[1]["content"]
+
+    def test_streamed_and_scoped_to_the_owner(self, stack: ChatStack, providers: dict[str, str]) -> None:
+        configure(providers["primary"], record_messages=True)
+        alice, bob = stack.user(), stack.user()
+        with alice.http() as http:
+            alices = _add(http, "Lisbon trams", LISBON)
+        with bob.client().chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": QUESTION}],
+            stream=True,
+            extra_body={"parley_documents": "all"},
+        ) as response:
+            assert "x-parley-sources" not in response.headers  # bob has no documents; alice's are not his
+            assert list(response.iter_lines())
+        assert "Tram 28" not in json.dumps(calls(providers["primary"])[-1]["messages"])
+        with pytest.raises(openai.NotFoundError):
+            bob.client().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": QUESTION}],
+                extra_body={"parley_documents": [alices["id"]]},
+            )
+
+    def test_bad_requests_are_openai_errors(self, stack: ChatStack, providers: dict[str, str]) -> None:
+        client = stack.user().client()
+        with pytest.raises(openai.BadRequestError) as no_question:
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "assistant", "content": "hi"}],
+                extra_body={"parley_documents": "all"},
+            )
+        assert no_question.value.code == "documents_need_a_question"
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": QUESTION}],
+                extra_body={"parley_documents": "some"},
+            )
+        with pytest.raises(openai.PermissionDeniedError):
+            stack.user(rag_max_documents=0).client().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": QUESTION}],
+                extra_body={"parley_documents": "all"},
+            )
+        assert calls(providers["primary"]) == []

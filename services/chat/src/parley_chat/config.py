@@ -170,6 +170,11 @@ class Settings(HttpServerSettings, DatabaseSettings, RabbitSettings, InternalAut
             or self.default_context_tokens
         )
 
+    def prompt_budget(self, model: str, max_output_tokens: int | None) -> int:
+        """Tokens the prompt of a call may use: the context window less what is kept for the reply."""
+        context = self.context_tokens(model)
+        return context - (max_output_tokens or min(self.default_output_reserve, context // 4))
+
     @property
     def cache_url(self) -> SecretStr:
         return self.cache_redis_url or self.redis_url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +31,8 @@ class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``; unknown parameters are refused, as OpenAI does.
 
     ``parley_cache`` is Parley's own: ``true`` opts a non-deterministic request into the response cache
-    (when the plan allows caching), ``false`` keeps a request out of it.
+    (when the plan allows caching), ``false`` keeps a request out of it. So is ``parley_documents``: the
+    caller's documents to hand the model excerpts of (see ``parley_chat.documents``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -70,6 +72,9 @@ class ChatCompletionRequest(BaseModel):
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     parley_cache: bool | None = None
+    parley_documents: Literal["all"] | list[UUID] | None = Field(
+        None, max_length=100, description='Answer with excerpts of the caller\'s documents: "all", or ids'
+    )
 
     @property
     def wants_usage_chunk(self) -> bool:
@@ -81,5 +86,6 @@ class ChatCompletionRequest(BaseModel):
     def provider_params(self) -> dict[str, Any]:
         """Everything the provider needs besides model, messages and streaming flags."""
         return self.model_dump(
-            exclude_none=True, exclude={"model", "messages", "stream", "stream_options", "parley_cache"}
+            exclude_none=True,
+            exclude={"model", "messages", "stream", "stream_options", "parley_cache", "parley_documents"},
         )

@@ -28,7 +28,7 @@ from parley_chat.completions import CacheStatus, CompletionService, Outcome
 from parley_chat.config import Settings
 from parley_chat.conversations.repository import ConversationRepository, MessageRepository
 from parley_chat.conversations.schemas import DEFAULT_TITLE, MessageCreate, Order, message_out
-from parley_chat.documents.service import DocumentService, Excerpt, excerpts_prompt
+from parley_chat.documents.service import DocumentService, Excerpt, sources_header
 from parley_chat.models import Conversation, Message, OutboxMessage
 from parley_chat.schemas import ChatCompletionRequest
 
@@ -168,24 +168,16 @@ class ConversationService:
             raise not_found()
         router = self.completions.router
         route = router.resolve(body.model or conversation.model, caller)
-        context = self.settings.context_tokens(route.model)
-        reserve = (
-            body.max_completion_tokens
-            or body.max_tokens
-            or min(self.settings.default_output_reserve, context // 4)
-        )
+        budget = self.settings.prompt_budget(route.model, body.max_completion_tokens or body.max_tokens)
         system_prompt = conversation.system_prompt
         sources: list[Excerpt] = []  # the document excerpts handed to the model
         if body.documents is not None:
-            found = await self.documents.search(
-                caller, body.content, None if body.documents == "all" else body.documents
-            )
-            share = int((context - reserve) * self.settings.rag_context_share)
-            excerpts, sources = excerpts_prompt(found, share)
+            share = int(budget * self.settings.rag_context_share)
+            excerpts, sources = await self.documents.excerpts_for(caller, body.content, body.documents, share)
             if sources:
                 system_prompt = f"{system_prompt}\n\n{excerpts}" if system_prompt else excerpts
         messages, dropped = build_prompt(
-            system_prompt, await self.history(conversation), body.content, context - reserve
+            system_prompt, await self.history(conversation), body.content, budget
         )
         request = ChatCompletionRequest.model_validate(
             {
@@ -229,9 +221,8 @@ class ConversationService:
             "x-parley-conversation-id": str(conversation.id),
             "x-parley-user-message-id": str(user_message.id),
             "x-parley-assistant-message-id": str(reply_id),
+            **sources_header(sources),  # the body and the stored reply have them too
         }
-        if sources:  # the body has them too; a stream has only its headers
-            headers["x-parley-sources"] = ",".join(f"{s.document_id}#{s.chunk}" for s in sources)
         if body.stream:
             chunks, cached = await self.completions.stream(call, finish)
             return Turn(None, chunks, _with_cache(headers, cached))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 import numpy as np
@@ -32,6 +33,9 @@ from parley_chat.models import Document, DocumentChunk
 from parley_chat.pagination import newest_first_page
 
 log = get_logger(__name__)
+
+# What a request may search: every document of the caller, or the ones it names.
+DocumentScope = Literal["all"] | list[UUID]
 
 
 def not_found() -> Problem:
@@ -64,6 +68,14 @@ class Excerpt:
             "chunk": self.chunk,
             "score": round(self.score, 4),
         }
+
+
+SOURCES_HEADER = "x-parley-sources"
+
+
+def sources_header(excerpts: list[Excerpt]) -> dict[str, str]:
+    """The header naming a reply's excerpts (``<document id>#<chunk>,…``): a stream's only place for them."""
+    return {SOURCES_HEADER: ",".join(f"{e.document_id}#{e.chunk}" for e in excerpts)} if excerpts else {}
 
 
 def excerpts_prompt(excerpts: list[Excerpt], budget: int) -> tuple[str, list[Excerpt]]:
@@ -174,6 +186,15 @@ class DocumentService:
             )
         if not result.rowcount:  # type: ignore[attr-defined]
             raise not_found()
+
+    async def excerpts_for(
+        self, caller: InternalIdentity, question: str, documents: DocumentScope, budget: int
+    ) -> tuple[str, list[Excerpt]]:
+        """The system-prompt text handing the model the best excerpts for ``question`` (within ``budget``
+        tokens), and those excerpts; no excerpt, no text."""
+        found = await self.search(caller, question, None if documents == "all" else documents)
+        text, kept = excerpts_prompt(found, budget)
+        return (text if kept else ""), kept
 
     async def search(
         self, caller: InternalIdentity, question: str, documents: list[UUID] | None

@@ -126,26 +126,19 @@ class DocumentService:
         )
         if not chunks:
             raise Problem(400, "document_empty", "The document has no text.", param="content")
+        async with self.writer() as session:
+            await self._check_room(session, caller)  # fail fast, before seconds of embedding
         # Embedded before the transaction, in a thread (onnxruntime releases the GIL): no lock is held
         # and the event loop keeps serving meanwhile.
         async with self._embedding:
             vectors = await asyncio.to_thread(self._embed_all, chunks)
         document = Document(user_id=caller.user_id, title=body.title, bytes=size, chunk_count=len(chunks))
         async with self.writer.begin() as session:
-            # One user's uploads queue here, so two at once cannot both pass the count below.
+            # One user's uploads queue here, so two at once cannot both pass the check.
             await session.execute(
                 select(func.pg_advisory_xact_lock(func.hashtextextended(str(caller.user_id), 0)))
             )
-            if plan.rag_max_documents is not None:
-                kept = await session.scalar(
-                    select(func.count()).select_from(Document).where(Document.user_id == caller.user_id)
-                )
-                if (kept or 0) >= plan.rag_max_documents:
-                    raise Problem(
-                        403,
-                        "document_limit_reached",
-                        f"Your plan keeps {plan.rag_max_documents} documents; delete one to add another.",
-                    )
+            await self._check_room(session, caller)
             session.add(document)
             await session.flush()
             session.add_all(
@@ -162,6 +155,20 @@ class DocumentService:
             await session.refresh(document)
         log.info("document.stored", document_id=str(document.id), bytes=size, chunks=len(chunks))
         return document
+
+    async def _check_room(self, session: AsyncSession, caller: InternalIdentity) -> None:
+        limit = caller.plan.rag_max_documents
+        if limit is None:
+            return
+        kept = await session.scalar(
+            select(func.count()).select_from(Document).where(Document.user_id == caller.user_id)
+        )
+        if (kept or 0) >= limit:
+            raise Problem(
+                403,
+                "document_limit_reached",
+                f"Your plan keeps {limit} documents; delete one to add another.",
+            )
 
     async def page(
         self, caller: InternalIdentity, limit: int, cursor: str | None
@@ -202,6 +209,7 @@ class DocumentService:
         """The owner's chunks closest to ``question`` (within ``documents`` when given), best first."""
         if caller.plan.rag_max_documents == 0:
             raise not_in_plan()
+        vector = await asyncio.to_thread(self.embedder.embed, question)  # before taking a connection
         async with self.writer() as session:
             if documents is not None:
                 found = set(
@@ -213,7 +221,6 @@ class DocumentService:
                 )
                 if found != set(documents):
                     raise Problem(404, "document_not_found", "No such document.", param="documents")
-            vector = await asyncio.to_thread(self.embedder.embed, question)
             distance = DocumentChunk.embedding.cosine_distance(vector)
             statement = (
                 select(

@@ -15,6 +15,7 @@ import pytest
 
 from tests.chat.support import ChatStack, User, calls, configure, sse_data
 from tests.support.db import query
+from tests.support.metrics import metric
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -222,6 +223,35 @@ class TestRetrieval:
         assert everything.json()["sources"] == []
         assert "x-parley-sources" not in everything.headers
         assert "Tram 28" not in json.dumps(calls(providers["primary"])[-1]["messages"])
+
+    def test_metrics_count_documents_and_retrievals(
+        self, stack: ChatStack, providers: dict[str, str]
+    ) -> None:
+        url = stack.chat_url + "/metrics"
+        names = (
+            "parley_chat_documents_stored_total",
+            "parley_chat_document_chunks_stored_total",
+            "parley_chat_document_embed_seconds_count",
+            "parley_chat_retrieval_seconds_count",
+        )
+        before = [metric(url, name) for name in names]
+        found_before, none_before = (
+            metric(url, "parley_chat_retrievals_total", result=r) for r in ("excerpts", "none")
+        )
+        with stack.user().http() as http:
+            _add(http, "Lisbon trams", LISBON)
+            conversation = _conversation(http)
+            assert _turn(http, conversation, QUESTION, documents="all").status_code == 201
+            assert (
+                _turn(
+                    http, conversation, "What is the boiling point of mercury?", documents="all"
+                ).status_code
+                == 201
+            )
+        after = [metric(url, name) for name in names]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 2]
+        assert metric(url, "parley_chat_retrievals_total", result="excerpts") - found_before == 1
+        assert metric(url, "parley_chat_retrievals_total", result="none") - none_before == 1
 
     def test_a_deleted_document_is_no_longer_retrieved(
         self, stack: ChatStack, providers: dict[str, str]

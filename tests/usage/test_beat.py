@@ -24,8 +24,9 @@ from parley_common.testing.processes import ManagedProcess, ProcessManager, venv
 from parley_common.testing.services import TestServices as Services
 from parley_usage.ledger import record_batch
 
+from tests.support.metrics import metric
 from tests.support.platform import PlatformConfig
-from tests.usage.support import PrivateRedis, count_lines, metric, rows, usage_event, wait_until
+from tests.usage.support import PrivateRedis, count_lines, rows, usage_event, wait_until
 
 
 def write(database_url: str, events: list[TokensConsumedV1]) -> None:

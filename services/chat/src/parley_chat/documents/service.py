@@ -22,6 +22,7 @@ from parley_common.auth.internal import InternalIdentity
 from parley_common.errors import Problem
 from parley_common.logs import get_logger
 from parley_common.tokens import count_text_tokens
+from prometheus_client import Counter, Histogram
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -33,6 +34,22 @@ from parley_chat.models import Document, DocumentChunk
 from parley_chat.pagination import newest_first_page
 
 log = get_logger(__name__)
+
+DOCUMENTS_STORED = Counter("parley_chat_documents_stored_total", "Documents stored for retrieval")
+CHUNKS_STORED = Counter("parley_chat_document_chunks_stored_total", "Document chunks embedded and stored")
+EMBED_DOCUMENT_SECONDS = Histogram(
+    "parley_chat_document_embed_seconds",
+    "Time to embed one document's chunks (uploads queue for it: one at a time per process)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+RETRIEVALS = Counter(
+    "parley_chat_retrievals_total", "Searches of a user's documents for a turn", ["result"]
+)  # excerpts | none
+RETRIEVAL_SECONDS = Histogram(
+    "parley_chat_retrieval_seconds",
+    "Time to embed a question and search the user's chunks",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 
 # What a request may search: every document of the caller, or the ones it names.
 DocumentScope = Literal["all"] | list[UUID]
@@ -131,7 +148,8 @@ class DocumentService:
         # Embedded before the transaction, in a thread (onnxruntime releases the GIL): no lock is held
         # and the event loop keeps serving meanwhile.
         async with self._embedding:
-            vectors = await asyncio.to_thread(self._embed_all, chunks)
+            with EMBED_DOCUMENT_SECONDS.time():
+                vectors = await asyncio.to_thread(self._embed_all, chunks)
         document = Document(user_id=caller.user_id, title=body.title, bytes=size, chunk_count=len(chunks))
         async with self.writer.begin() as session:
             # One user's uploads queue here, so two at once cannot both pass the check.
@@ -153,6 +171,8 @@ class DocumentService:
             )
             await session.flush()
             await session.refresh(document)
+        DOCUMENTS_STORED.inc()
+        CHUNKS_STORED.inc(len(chunks))
         log.info("document.stored", document_id=str(document.id), bytes=size, chunks=len(chunks))
         return document
 
@@ -199,8 +219,10 @@ class DocumentService:
     ) -> tuple[str, list[Excerpt]]:
         """The system-prompt text handing the model the best excerpts for ``question`` (within ``budget``
         tokens), and those excerpts; no excerpt, no text."""
-        found = await self.search(caller, question, None if documents == "all" else documents)
+        with RETRIEVAL_SECONDS.time():
+            found = await self.search(caller, question, None if documents == "all" else documents)
         text, kept = excerpts_prompt(found, budget)
+        RETRIEVALS.labels("excerpts" if kept else "none").inc()
         return (text if kept else ""), kept
 
     async def search(

@@ -243,8 +243,10 @@ async def test_a_request_the_service_dropped_unanswered_is_repeated_only_when_th
 
     for method, headers, outcome in (
         ("GET", {}, b"again"),
-        ("POST", {"idempotency-key": "k1"}, b"again"),
+        ("DELETE", {}, b"again"),
         ("POST", {}, None),
+        # No service deduplicates by key: the gateway must not assume one does.
+        ("POST", {"idempotency-key": "k1"}, None),
     ):
         async with serve(handler) as state:
             state_ref[:] = [state]

@@ -10,7 +10,8 @@ HTTP/1.1, so the client does only what forwarding needs:
   read to the end and the service keeps it alive, and is dropped after ``idle_timeout`` unused (below
   the services' keep-alive, so the pool seldom picks a connection the service is closing);
 - a request on a reused connection that the service closed before answering a byte is sent once more
-  on a new connection, when repeating it is safe (an idempotent method, or an ``Idempotency-Key``);
+  on a new connection, when repeating it is safe: an idempotent method only (no service of ours
+  deduplicates by ``Idempotency-Key``, so a POST that the service ran before dying could run twice);
 - a connect timeout (waiting for a free connection counts), and a read timeout between bytes while the
   gateway waits for the reply;
 - body bytes handed over as they arrive, with reading paused while more than ``HIGH_WATER`` bytes wait
@@ -331,7 +332,7 @@ class Upstream:
         """
         origin, prefix = self._bases.get(base_url) or self._base(base_url)
         request = _request_bytes(method, origin, prefix + path, query, headers, body)
-        replayable = method in _REPLAYABLE_METHODS or "idempotency-key" in headers
+        replayable = method in _REPLAYABLE_METHODS
         head_request = method == "HEAD"
         while True:
             conn = await self._acquire(origin)

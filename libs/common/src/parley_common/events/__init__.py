@@ -8,7 +8,7 @@ from parley_common.events.envelope import Event
 from parley_common.events.quota import PlanChangedV1, QuotaThresholdCrossedV1
 from parley_common.events.registry import EVENT_TYPES, AnyEvent, event_json_schema, parse_event
 from parley_common.events.usage import TokensConsumedV1
-from parley_common.events.user import UserRegisteredV1
+from parley_common.events.user import UserDeletedV1, UserRegisteredV1
 from parley_common.events.webhooks import EndpointDisabledV1
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "PlanChangedV1",
     "QuotaThresholdCrossedV1",
     "TokensConsumedV1",
+    "UserDeletedV1",
     "UserRegisteredV1",
     "event_json_schema",
     "parse_event",

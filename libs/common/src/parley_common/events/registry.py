@@ -10,13 +10,14 @@ from parley_common.events.conversation import MessageCompletedV1
 from parley_common.events.envelope import Event
 from parley_common.events.quota import PlanChangedV1, QuotaThresholdCrossedV1
 from parley_common.events.usage import TokensConsumedV1
-from parley_common.events.user import UserRegisteredV1
+from parley_common.events.user import UserDeletedV1, UserRegisteredV1
 from parley_common.events.webhooks import EndpointDisabledV1
 
 AnyEvent = Annotated[
     TokensConsumedV1
     | MessageCompletedV1
     | UserRegisteredV1
+    | UserDeletedV1
     | QuotaThresholdCrossedV1
     | PlanChangedV1
     | EndpointDisabledV1,
@@ -31,6 +32,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TokensConsumedV1,
         MessageCompletedV1,
         UserRegisteredV1,
+        UserDeletedV1,
         QuotaThresholdCrossedV1,
         PlanChangedV1,
         EndpointDisabledV1,

@@ -16,3 +16,15 @@ class UserRegisteredV1(Event):
     type: Literal["user.registered.v1"] = "user.registered.v1"
     user_id: UUID
     email: EmailStr
+
+
+class UserDeletedV1(Event):
+    """Emitted by the gateway when an account is deleted (its owner asked, or an administrator did).
+
+    Every service erases what it holds of the user; ``email`` is here because the account row is gone by
+    the time notify writes the confirmation to it.
+    """
+
+    type: Literal["user.deleted.v1"] = "user.deleted.v1"
+    user_id: UUID
+    email: EmailStr

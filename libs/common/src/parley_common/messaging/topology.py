@@ -52,7 +52,13 @@ class ConsumerQueue:
 USAGE = ConsumerQueue("usage.events", ("usage.tokens_consumed.v1",))
 NOTIFY = ConsumerQueue(
     "notify.events",
-    ("user.registered.v1", "quota.threshold_crossed.v1", "plan.changed.v1", "webhooks.endpoint_disabled.v1"),
+    (
+        "user.registered.v1",
+        "user.deleted.v1",
+        "quota.threshold_crossed.v1",
+        "plan.changed.v1",
+        "webhooks.endpoint_disabled.v1",
+    ),
 )
 WEBHOOKS = ConsumerQueue(
     "webhooks.events",
@@ -61,11 +67,14 @@ WEBHOOKS = ConsumerQueue(
         "quota.threshold_crossed.v1",
         "plan.changed.v1",
         "webhooks.endpoint_disabled.v1",
+        "user.deleted.v1",
     ),
 )
 GATEWAY = ConsumerQueue("gateway.events", ("plan.changed.v1",))
+# Chat's erasure of deleted accounts (consumed inside the chat API process: see parley_chat.erasure).
+CHAT = ConsumerQueue("chat.events", ("user.deleted.v1",))
 
-QUEUES: tuple[ConsumerQueue, ...] = (USAGE, NOTIFY, WEBHOOKS, GATEWAY)
+QUEUES: tuple[ConsumerQueue, ...] = (USAGE, NOTIFY, WEBHOOKS, GATEWAY, CHAT)
 
 # Scheduled jobs of parley-usage-beat (Celery beat publishes them, its embedded worker runs them). Not an
 # event queue, so not in QUEUES: relays don't declare it, and no event type is routed to it.

@@ -37,6 +37,7 @@ gateway-relay: parley-gateway-relay
 gateway-worker: parley-gateway-worker
 chat: parley-chat-api
 chat-relay: parley-chat-relay
+chat-worker: env PARLEY_METRICS_PORT=9105 parley-chat-worker
 usage-worker: env PARLEY_METRICS_PORT=9102 parley-usage-worker
 usage-beat: env PARLEY_METRICS_PORT=9103 parley-usage-beat
 usage-relay: env PARLEY_METRICS_PORT=9104 parley-usage-relay

@@ -12,7 +12,7 @@ from tests.helm.cases import CASES, KEDA_OFF, Case
 from tests.helm.charts import REGION_FILES, UMBRELLA, RenderError, chart_of, component, kind, named, render
 
 WORKER_QUEUES = {"gateway": "gateway.events", "usage": "usage.events", "notify": "notify.events",
-                 "webhooks": "webhooks.events"}  # fmt: skip
+                 "webhooks": "webhooks.events", "chat": "chat.events"}  # fmt: skip
 
 
 def targets(docs: list[dict]) -> Counter[str]:

@@ -81,8 +81,10 @@ class TestNames:
         deployments = {d["metadata"]["name"] for d in kind(docs, "Deployment")}
         for suffix in ("-api", "-worker", "-beat", "-relay"):
             assert any(name.endswith(suffix) for name in deployments)
-        assert len({name for name in deployments if name.endswith("-worker")}) == 4
+        assert (
+            len({name for name in deployments if name.endswith("-worker")}) == 5
+        )  # gateway, chat, usage, notify, webhooks
 
     def test_release_named_after_the_chart_is_not_repeated(self) -> None:
         names = {d["metadata"]["name"] for d in kind(render("chat", release="chat"), "Deployment")}
-        assert names == {"chat-api", "chat-relay"}
+        assert names == {"chat-api", "chat-relay", "chat-worker"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from parley_common.api import HttpServerSettings
+from parley_common.messaging.batch import BatchWorkerSettings
 from parley_common.settings import (
     DatabaseSettings,
     InternalAuthSettings,
@@ -46,8 +47,18 @@ class ProviderConfig(BaseModel):
     )
 
 
-class Settings(HttpServerSettings, DatabaseSettings, RabbitSettings, InternalAuthSettings, RedisSettings):
+class Settings(
+    BatchWorkerSettings,
+    HttpServerSettings,
+    DatabaseSettings,
+    RabbitSettings,
+    InternalAuthSettings,
+    RedisSettings,
+):
     http_port: int = Field(8001, description="Listen port")
+    worker_concurrency: int = Field(
+        1, ge=1, description="Consumer processes per worker (chat: one, account erasures are rare)"
+    )
 
     # Providers
     providers: list[ProviderConfig] = Field(

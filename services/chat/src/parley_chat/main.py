@@ -1,6 +1,9 @@
-"""Entry points: ``parley-chat-api``, ``parley-chat-relay``, ``parley-chat-migrate``."""
+"""Entry points: ``parley-chat-api``, ``parley-chat-relay``, ``parley-chat-worker``, ``parley-chat-migrate``."""
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 from parley_common.api import serve as serve_http
 from parley_common.db.migrations import upgrade
@@ -23,3 +26,12 @@ def relay() -> None:
 
 def migrate() -> None:
     upgrade("parley_chat", get_settings().database_url.get_secret_value(), SCHEMA)
+
+
+def worker() -> None:
+    # Set before prometheus_client is imported, so every consumer child writes its metrics where the
+    # supervisor (which serves /metrics) reads them; children inherit the variable.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="parley-chat-metrics-"))
+    from parley_chat.erasure import run
+
+    run(get_settings())

@@ -48,7 +48,7 @@ from parley_common.events import Event
 from parley_common.logs import get_logger
 from parley_common.messaging import topology
 from parley_common.messaging.celery_protocol import event_json
-from parley_common.messaging.worker import WorkerSettings
+from parley_common.messaging.worker_settings import WorkerSettings
 from parley_common.metrics import EVENTS_HANDLED
 from parley_common.telemetry import tracer
 

@@ -22,17 +22,27 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
 from kombu.entity import Exchange, Queue, binding
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from parley_common.events import Event
 from parley_common.health import HealthServer
 from parley_common.logs import bind_context, clear_context, get_logger
 from parley_common.messaging import topology
+from parley_common.messaging.worker_settings import WorkerSettings
 from parley_common.metrics import EVENTS_HANDLED
-from parley_common.settings import ParleySettings, RabbitSettings
 from parley_common.telemetry import span_from_carrier
 
 log = get_logger("parley.worker")
+
+__all__ = [
+    "RejectingConsumer",
+    "WorkerSettings",  # defined in worker_settings (no Celery there), imported from here by Celery workers
+    "create_celery_app",
+    "event_handler",
+    "kombu_queues",
+    "run_worker",
+    "watch_worker_health",
+]
 
 E = TypeVar("E", bound=Event)
 
@@ -68,24 +78,6 @@ def _declare_dead_letter_side(app: Celery, queue: topology.ConsumerQueue) -> Non
     )
     with app.connection_for_write() as conn:
         dlq.bind(conn.default_channel).declare()
-
-
-class WorkerSettings(ParleySettings, RabbitSettings):
-    """What every Celery worker reads."""
-
-    worker_concurrency: int = Field(2, ge=1, description="Celery prefork child processes")
-    task_time_limit: int = Field(
-        300, ge=1, description="Seconds a task may run before it is killed (Helm's grace period exceeds it)"
-    )
-    transient_retries: int = Field(
-        5,
-        ge=0,
-        description="In-place retries of a transient failure before the message goes back to the queue",
-    )
-    metrics_port: int | None = Field(
-        None,
-        description="Port serving /metrics, /livez and /readyz from a worker, beat or relay (unset: none)",
-    )
 
 
 def create_celery_app(service: str, queue: topology.ConsumerQueue, settings: WorkerSettings) -> Celery:

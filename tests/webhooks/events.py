@@ -9,6 +9,7 @@ from parley_common.events import (
     MessageCompletedV1,
     PlanChangedV1,
     QuotaThresholdCrossedV1,
+    UserDeletedV1,
     UserRegisteredV1,
 )
 
@@ -46,6 +47,15 @@ def plan_changed(user_id: uuid.UUID, plan: str = "pro") -> PlanChangedV1:
 
 def registered(user_id: uuid.UUID, email: str | None = None) -> UserRegisteredV1:
     return UserRegisteredV1(
+        source="gateway",
+        subject=str(user_id),
+        user_id=user_id,
+        email=email or f"user-{user_id.hex[:12]}@example.com",
+    )
+
+
+def deleted(user_id: uuid.UUID, email: str | None = None) -> UserDeletedV1:
+    return UserDeletedV1(
         source="gateway",
         subject=str(user_id),
         user_id=user_id,

@@ -82,11 +82,16 @@ def fan_out(engine: Engine, event: Event) -> int:
     body = outbound_body(event)
     with engine.begin() as conn:
         endpoint_ids = conn.scalars(
-            select(Endpoint.id).where(
+            select(Endpoint.id)
+            .where(
                 Endpoint.user_id == user_id,
                 Endpoint.enabled.is_(True),
                 Endpoint.event_types.contains([event.type]),
             )
+            .order_by(Endpoint.id)
+            # Key-share locks: an erasure or deletion of these endpoints (FOR UPDATE) waits for this
+            # fan-out and then removes its rows too, or goes first and this finds nothing.
+            .with_for_update(read=True, key_share=True)
         ).all()
         if not endpoint_ids:
             return 0

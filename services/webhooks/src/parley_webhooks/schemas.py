@@ -10,8 +10,13 @@ from uuid import UUID
 from parley_common.messaging import topology
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# What an endpoint may subscribe to: every event type routed to the webhooks queue.
-PUBLIC_EVENT_TYPES: tuple[str, ...] = topology.WEBHOOKS.event_types
+# Routed to the webhooks queue for webhooks itself, never delivered: ``user.deleted.v1`` erases the
+# user's endpoints (parley_webhooks.erasure), so there is no endpoint left to send it to.
+INTERNAL_EVENT_TYPES: frozenset[str] = frozenset({"user.deleted.v1"})
+# What an endpoint may subscribe to: every other event type routed to the webhooks queue.
+PUBLIC_EVENT_TYPES: tuple[str, ...] = tuple(
+    event_type for event_type in topology.WEBHOOKS.event_types if event_type not in INTERNAL_EVENT_TYPES
+)
 
 
 def _check_event_types(value: list[str] | None) -> list[str] | None:

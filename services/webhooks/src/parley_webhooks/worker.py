@@ -1,9 +1,11 @@
 """The webhooks Celery app (``parley-webhooks-worker`` and ``parley-webhooks-beat``).
 
 One queue, ``webhooks.events``: the public events endpoints subscribe to (each fans out into delivery
-rows), plus two internal tasks sent straight to the queue: ``webhooks.dispatch_due``, which beat sends
-every ``webhooks_poll_interval`` seconds, and ``webhooks.deliver``, one per leased delivery. Retries are
-never Celery countdowns: a failed attempt only moves the row's ``next_attempt_at``.
+rows), ``user.deleted.v1`` (the account's endpoints and everything hanging off them are erased: see
+``parley_webhooks.erasure``), plus two internal tasks sent straight to the queue:
+``webhooks.dispatch_due``, which beat sends every ``webhooks_poll_interval`` seconds, and
+``webhooks.deliver``, one per leased delivery. Retries are never Celery countdowns: a failed attempt only
+moves the row's ``next_attempt_at``.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ from functools import cache
 from uuid import UUID
 
 from parley_common.db.engine import create_sync_db_engine
-from parley_common.events import EVENT_TYPES, Event
+from parley_common.events import EVENT_TYPES, Event, UserDeletedV1
 from parley_common.logs import get_logger
 from parley_common.messaging import topology
 from parley_common.messaging.worker import create_celery_app, event_handler
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from parley_webhooks import delivery
+from parley_webhooks import delivery, erasure
 from parley_webhooks.config import Settings, get_settings
+from parley_webhooks.schemas import PUBLIC_EVENT_TYPES
 from parley_webhooks.secret_box import SecretBox, SecretUnreadable
 from parley_webhooks.sender import Sender
 
@@ -89,10 +92,26 @@ def on_public_event(event: Event) -> None:
     log.info("webhook.fanned_out", deliveries=created, user_id=str(getattr(event, "user_id", "")))
 
 
-for _event_type in topology.WEBHOOKS.event_types:
+for _event_type in PUBLIC_EVENT_TYPES:
     event_handler(app, EVENT_TYPES[_event_type], transient=(OperationalError, InterfaceError))(
         on_public_event
     )
+
+
+@event_handler(app, UserDeletedV1, transient=(OperationalError, InterfaceError))
+def on_user_deleted(event: UserDeletedV1) -> None:
+    """Erase the account's endpoints, deliveries and billing rows; a second copy erases nothing more."""
+    erased = erasure.erase_user(
+        engine(),
+        event.user_id,
+        # One attempt's whole budget (connect included), plus time to record its answer.
+        settle_timeout=settings.webhooks_timeout + 5.0,
+        lease=settings.webhooks_lease_seconds,
+    )
+    if not erased.settled:
+        log.warning("webhook.erasure_in_flight_unsettled", user_id=str(event.user_id))
+    # Counts only: the event's email address is not logged.
+    log.info("webhook.user_erased", user_id=str(event.user_id), **erased.log_fields())
 
 
 @app.task(name=DISPATCH_TASK, ignore_result=True)  # type: ignore[untyped-decorator]

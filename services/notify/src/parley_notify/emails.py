@@ -14,6 +14,7 @@ from parley_common.events import (
     Event,
     PlanChangedV1,
     QuotaThresholdCrossedV1,
+    UserDeletedV1,
     UserRegisteredV1,
 )
 
@@ -72,6 +73,8 @@ def describe(event: Event) -> Email:
             "A webhook endpoint was disabled",
             {"url": event.url, "reason_text": DISABLE_REASONS.get(event.reason, event.reason)},
         )
+    if isinstance(event, UserDeletedV1):
+        return Email("account_deleted", "Your Parley account was deleted", {"email": str(event.email)})
     raise ValueError(f"no email for {event.type}")
 
 

@@ -1,4 +1,4 @@
-"""Notify's tables (schema ``notify``): who to write to, and what was sent."""
+"""Notify's tables (schema ``notify``): who to write to, what was sent, and whose account is gone."""
 
 from __future__ import annotations
 
@@ -43,3 +43,15 @@ class SentEmail(Model):
     attempts: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(String(500))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ErasedUser(Model):
+    """A deleted account (``user.deleted.v1``): its address and sent log are gone, and no later event
+    (a late quota email, a redelivered registration) writes to it again. Only the opaque user id stays."""
+
+    __tablename__ = "erased_users"
+
+    user_id: Mapped[UUID] = mapped_column(primary_key=True)
+    event_id: Mapped[UUID]  # the user.deleted.v1 that erased it (its confirmation's Message-ID)
+    confirmation: Mapped[str] = mapped_column(String(20))  # sent | failed (refused for good)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

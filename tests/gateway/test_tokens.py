@@ -22,6 +22,7 @@ from parley_common.testing.net import free_port
 from parley_common.testing.processes import ManagedProcess, ProcessManager
 
 from tests.gateway.support import CHAT_BODY, Account, Stack, start_stack, wait_until
+from tests.support.db import query
 from tests.support.platform import PlatformConfig
 
 
@@ -325,3 +326,37 @@ class TestExternalIssuer:
             what="rotated issuer key accepted",
         )
         assert ok
+
+    def test_an_account_without_a_password_is_deleted_by_confirming_its_email(
+        self, oidc: tuple[Stack, Issuer, ManagedProcess], database_url: str
+    ) -> None:
+        stack, issuer, _ = oidc
+        if len(stack.urls) < 2:
+            stack.start_gateway("gateway-oidc-2")
+        email = f"leaving-{uuid.uuid4().hex[:10]}@example.com"
+        token = issuer.token("k1", f"auth0|{uuid.uuid4().hex}", email=email, email_verified=True)
+        headers = {"authorization": f"Bearer {token}"}
+        ids = {httpx.get(url + "/v1/me", headers=headers).json()["id"] for url in stack.urls}
+        assert len(ids) == 1  # one account, mapped to the subject on both replicas
+        [old_id] = ids
+        for body in ({"confirm_email": "someone-else@example.com"}, {"password": "no-password-here"}, {}):
+            refused = httpx.request("DELETE", stack.url + "/v1/me", json=body, headers=headers)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["type"].endswith("/reauthentication_failed")
+            assert refused.json()["expected"] == "confirm_email"
+        deleted = httpx.request(
+            "DELETE", stack.url + "/v1/me", json={"confirm_email": email.upper()}, headers=headers
+        )
+        assert deleted.status_code == 204, deleted.text
+        [event] = query(
+            database_url,
+            "SELECT payload FROM gateway.outbox WHERE event_type = 'user.deleted.v1' AND payload->>'user_id' = :u",
+            u=old_id,
+        )
+        assert event["payload"]["email"] == email
+        assert query(database_url, "SELECT 1 FROM gateway.users WHERE id = :u", u=old_id) == []
+        # The issuer still vouches for the person: on every replica, the way a first sign-in does, their
+        # token opens a new, empty account, never the deleted one.
+        again = {httpx.get(url + "/v1/me", headers=headers).json()["id"] for url in reversed(stack.urls)}
+        assert len(again) == 1
+        assert again != {old_id}

@@ -3,6 +3,8 @@
 Each operation is one unit of work on the session it is given; callers own the transaction. Changes
 that replicas cache (a user's plan, role or overrides, an API key's revocation, a plan's figures) raise
 a ``revision`` in the same transaction; the caller publishes it to Redis after commit (see directory).
+Deleting an account publishes the revision it would have had next, so every replica finds its cached
+copy outdated, looks again, and finds nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 from uuid import UUID
 
 from parley_common.errors import Problem
-from parley_common.events import PlanChangedV1, UserRegisteredV1
-from sqlalchemy import func, null, select, update
+from parley_common.events import PlanChangedV1, UserDeletedV1, UserRegisteredV1
+from sqlalchemy import delete, func, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -100,6 +102,32 @@ async def bump_user_revision(session: AsyncSession, user_id: UUID) -> int:
         )
     ).scalar_one()
     return int(revision)
+
+
+async def delete_user(session: AsyncSession, user_id: UUID, region: str | None) -> int | None:
+    """Erase an account in the caller's transaction: its sessions, its API keys, the row itself, and a
+    ``user.deleted.v1`` event for the services that hold its data (chat, webhooks, notify).
+
+    Returns the revision to publish after commit (see :meth:`Directory.erased`), or None when there is
+    no such account (already deleted, perhaps by a concurrent request).
+    """
+    user = (
+        await session.execute(select(User).where(User.id == user_id).with_for_update())
+    ).scalar_one_or_none()
+    if user is None:
+        return None
+    email, revision = user.email, user.revision + 1
+    # The foreign keys cascade too; explicit statements keep the erasure independent of the schema's
+    # ON DELETE clauses.
+    await session.execute(delete(RefreshToken).where(RefreshToken.user_id == user_id))
+    await session.execute(delete(ApiKey).where(ApiKey.user_id == user_id))
+    await session.execute(delete(User).where(User.id == user_id))
+    session.add(
+        OutboxMessage.from_event(
+            UserDeletedV1(source="gateway", subject=str(user_id), region=region, user_id=user_id, email=email)
+        )
+    )
+    return revision
 
 
 # -- sessions (refresh tokens) -------------------------------------------------------------------------

@@ -5,7 +5,9 @@ its ``revision`` (and the plans' highest revision), which the admission script c
 in Redis; whoever changes a plan, a user or an API key raises the revision in the same transaction and
 publishes it to Redis after commit. So a change applies to the very next request on every replica: that
 request's script reports the cache outdated, the replica reloads from the tables, and admits again.
-While Redis is unreachable, entries expire after ``identity_cache_seconds`` instead.
+A deleted account works the same way: its next revision is published, the replica reloads, finds no
+row, and refuses the credential. While Redis is unreachable, entries expire after
+``identity_cache_seconds`` instead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from parley_gateway.tokens import ExternalToken, TokenService
 log = get_logger(__name__)
 
 _NEGATIVE_TTL = 5.0  # unknown API keys: remembered briefly so a flood of one bad key stays off the DB
+# Deleted accounts: their access tokens stay valid until they expire. User ids are never reused, so a
+# missing account stays missing; this only bounds how long the set grows before it is cleared.
+_GONE_MAX = 10_000
 
 
 @dataclass(slots=True)
@@ -78,6 +83,7 @@ class Directory:
         self._accounts: dict[UUID, Account] = {}
         self._keys: dict[str, KeyRecord | None] = {}
         self._negative: dict[str, float] = {}
+        self._gone: dict[UUID, float] = {}  # accounts found missing, until when to answer without a query
         self._external: dict[tuple[str, str], UUID] = {}
         self._generation = 0  # raised by every invalidation; a load that raced one is not cached
         self._used_keys: set[UUID] = set()
@@ -106,6 +112,8 @@ class Directory:
         now = time.monotonic()
         if cached is not None and cached.expires > now:
             return cached
+        if self._gone.get(user_id, 0.0) > now:
+            return None
         if now > self._plans_expire:
             await self.load_plans()
         generation = self._generation
@@ -119,6 +127,7 @@ class Directory:
             ).one_or_none()
         if row is None:
             self._accounts.pop(user_id, None)
+            self._remember_gone(user_id, now)
             return None
         base = self.plans.get(row.plan)
         if base is None:  # a plan created since the last load
@@ -155,6 +164,20 @@ class Directory:
         self._accounts.pop(user_id, None)
         for digest in [d for d, rec in self._keys.items() if rec is not None and rec.user_id == user_id]:
             del self._keys[digest]
+
+    async def erased(self, user_id: UUID, revision: int) -> None:
+        """An account's deletion committed: its credentials are refused from the next request on, here
+        at once, on other replicas when their revision check sees ``revision`` in Redis."""
+        await self.limiter.publish_revision(UserKeys.build(self.prefix, user_id).user_revision, revision)
+        self.forget(user_id)
+        self._remember_gone(user_id, time.monotonic())
+        for key in [k for k, known in self._external.items() if known == user_id]:
+            del self._external[key]
+
+    def _remember_gone(self, user_id: UUID, now: float) -> None:
+        if len(self._gone) > _GONE_MAX:
+            self._gone.clear()
+        self._gone[user_id] = now + self.ttl
 
     # -- API keys --------------------------------------------------------------------------------------
 
@@ -222,6 +245,10 @@ class Directory:
             user_id = await _find_or_create_external(session, token, signup_plan)
         self._external[key] = user_id
         return user_id
+
+    def drop_external(self, token: ExternalToken) -> None:
+        """The account this subject signed in to is gone (deleted): its next sign-in makes a new one."""
+        self._external.pop((token.issuer, token.subject), None)
 
     # -- internal tokens -------------------------------------------------------------------------------
 

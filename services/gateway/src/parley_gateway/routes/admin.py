@@ -1,4 +1,4 @@
-"""``/v1/admin``: plans and per-user settings, for administrators only.
+"""``/v1/admin``: plans, per-user settings and account deletion, for administrators only.
 
 Changes take effect without a restart, on the next request on every replica: each one raises a revision
 in its transaction and publishes it to Redis after commit (see :mod:`parley_gateway.directory`).
@@ -12,17 +12,19 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from parley_common.errors import Problem
+from parley_common.logs import get_logger
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from parley_gateway import accounts
-from parley_gateway.auth import CurrentPrincipal, Principal
+from parley_gateway.auth import CurrentPrincipal, Principal, unauthorised
 from parley_gateway.limits.keys import UserKeys
 from parley_gateway.models import User
 from parley_gateway.plans import PlanFields, PlanOverrides
 from parley_gateway.state import Gateway
 
 PLAN_NAME = r"^[a-z0-9][a-z0-9_-]{0,49}$"
+log = get_logger(__name__)
 
 
 async def admin_principal(principal: CurrentPrincipal, request: Request) -> Principal:
@@ -32,6 +34,8 @@ async def admin_principal(principal: CurrentPrincipal, request: Request) -> Prin
         role = (
             await session.execute(select(User.role).where(User.id == principal.account.id))
         ).scalar_one_or_none()
+    if role is None:  # the caller's own account was deleted since this replica cached it
+        raise unauthorised()
     if role != "admin":
         raise Problem(403, "forbidden", "This route is for administrators.")
     return principal
@@ -194,3 +198,16 @@ async def change_user(user_id: UUID, body: UserChange, request: Request) -> Any:
         )
         gw.directory.forget(user_id)
     return await _user_out(gw, user)
+
+
+@router.delete("/users/{user_id}", status_code=204)
+async def delete_user(user_id: UUID, request: Request, admin: AdminPrincipal) -> Response:
+    """Erase an account as ``DELETE /v1/me`` does, without its owner's re-authentication."""
+    gw = _gw(request)
+    async with gw.sessionmaker.begin() as session:
+        revision = await accounts.delete_user(session, user_id, gw.settings.region)
+    if revision is None:
+        raise Problem(404, "user_not_found", "No such user.")
+    await gw.directory.erased(user_id, revision)
+    log.info("account.deleted", user_id=str(user_id), by=str(admin.account.id))
+    return Response(status_code=204)

@@ -58,7 +58,7 @@ def _gw(request: Request) -> Gateway:
     return gw
 
 
-async def _limit_attempts(gw: Gateway, request: Request, email: str) -> None:
+async def limit_attempts(gw: Gateway, request: Request, email: str) -> None:
     """Per client IP and per email, across replicas: a brake on password guessing and sign-up floods."""
     digest = hashlib.sha256(accounts.normalise_email(email).encode()).hexdigest()[:32]
     try:
@@ -89,7 +89,7 @@ async def _tokens(gw: Gateway, user_id: UUID) -> TokenOut:
 @router.post("/v1/auth/register", status_code=201, response_model=UserOut)
 async def register(body: Credentials, request: Request) -> Any:
     gw = _gw(request)
-    await _limit_attempts(gw, request, body.email)
+    await limit_attempts(gw, request, body.email)
     password_hash = await run_in_threadpool(hash_password, body.password)
     async with gw.sessionmaker.begin() as session:
         user = await accounts.create_user(
@@ -102,7 +102,7 @@ async def register(body: Credentials, request: Request) -> Any:
 @router.post("/v1/auth/login", response_model=TokenOut)
 async def login(body: Credentials, request: Request) -> TokenOut:
     gw = _gw(request)
-    await _limit_attempts(gw, request, body.email)
+    await limit_attempts(gw, request, body.email)
     async with gw.sessionmaker() as session:
         user = await accounts.user_by_email(session, body.email)
     ok = await run_in_threadpool(verify_password, user.password_hash if user else None, body.password)

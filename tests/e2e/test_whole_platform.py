@@ -2,7 +2,8 @@
 
 The flows that cross services: a sign-up becomes a welcome email; a conversation reply becomes a signed
 webhook; token use reaches the ledger, the usage API and, past 80 % and 100 % of a quota, a threshold
-webhook and email; a billing provider's signed webhook changes the user's plan at the gateway.
+webhook and email; a billing provider's signed webhook changes the user's plan at the gateway; a deleted
+account is erased from every service and confirmed by email.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from parley_common.testing.services import TestServices as ServiceURLs
 from standardwebhooks import Webhook
 
 from tests.support.api import eventually, new_email, promote_to_admin
-from tests.support.db import ledger_rows
+from tests.support.db import ledger_rows, query
 from tests.support.platform import PlatformConfig, start_fake_provider
 from tests.webhooks.support import Receiver, start_receiver
 
@@ -84,7 +85,7 @@ class Everything:
         http("gateway", "parley-gateway-api", ports["gateway"])
         for service in ("gateway", "chat", "usage", "webhooks"):
             background(f"{service}-relay", f"parley-{service}-relay", "relay.connected")
-        for name in ("gateway-worker", "usage-worker", "webhooks-worker", "notify-worker"):
+        for name in ("gateway-worker", "usage-worker", "webhooks-worker", "notify-worker", "chat-worker"):
             background(name, f"parley-{name}", r"ready\.$")
         for name in ("usage-beat", "webhooks-beat"):
             manager.spawn(name, [venv_command(f"parley-{name}")], env)
@@ -307,3 +308,54 @@ def test_a_signed_billing_webhook_changes_the_plan_at_the_gateway(everything: Ev
         timeout=30,
         what="the plan-change email",
     )
+
+
+def test_a_deleted_account_is_erased_everywhere_and_confirmed_by_email(
+    everything: Everything, receiver: Receiver
+) -> None:
+    address, user_id, token = everything.sign_up()
+    tag = uuid.uuid4().hex[:8]
+    with everything.client(token) as api:
+        endpoint = api.post(
+            "/v1/webhooks/endpoints",
+            json={"url": receiver.url(f"ok/{tag}"), "event_types": ["conversation.message_completed.v1"]},
+        )
+        assert endpoint.status_code == 201, endpoint.text
+        assert (
+            api.post("/v1/documents", json={"title": "Notes", "content": "Tram 28 goes up."}).status_code
+            == 201
+        )
+        conversation = api.post("/v1/conversations", json={}).json()["id"]
+        turn = api.post(
+            f"/v1/conversations/{conversation}/messages", json={"content": "hello", "documents": "all"}
+        )
+        assert turn.status_code == 201, turn.text
+        eventually(
+            lambda: deliveries(receiver, tag, "conversation.message_completed.v1"), timeout=30, what="hook"
+        )
+
+        assert api.request("DELETE", "/v1/me", json={"password": "not the password"}).status_code == 403
+        assert api.get("/v1/me").status_code == 200  # a wrong password deletes nothing
+        assert api.request("DELETE", "/v1/me", json={"password": PASSWORD}).status_code == 204
+        assert api.get("/v1/me").status_code == 401  # the access token is dead at once
+
+    def left() -> dict[str, int]:
+        counts = {}
+        for table in ("chat.conversations", "chat.messages", "chat.documents", "chat.document_chunks",
+                      "webhooks.endpoints"):  # fmt: skip
+            rows = query(
+                everything.env["PARLEY_DATABASE_URL"],
+                f"SELECT count(*) AS n FROM {table} WHERE user_id = :u",
+                u=user_id,
+            )
+            counts[table] = rows[0]["n"]
+        return counts
+
+    eventually(lambda: not any(left().values()), timeout=60, what=f"the account erased everywhere: {left()}")
+    confirmations = eventually(
+        lambda: [e for e in everything.emails(address) if "deleted" in e[1].lower()], timeout=30, what="email"
+    )
+    assert len(confirmations) == 1
+    with httpx.Client(base_url=everything.gateway_url, timeout=15) as client:  # the address is free again
+        again = client.post("/v1/auth/register", json={"email": address, "password": PASSWORD})
+        assert again.status_code == 201, again.text

@@ -138,6 +138,19 @@ function sourcesFromHeader(header) {
   });
 }
 
+// Deleting the account needs the password again: a stolen session alone cannot do it.
+async function deleteAccount() {
+  showError("account-error", null);
+  const password = prompt("This deletes your account, conversations and documents. Your password:");
+  if (!password) return;
+  try {
+    await api("/v1/me", { method: "DELETE", body: { password } });
+    signOut();
+  } catch (error) {
+    showError("account-error", error);
+  }
+}
+
 async function rename(conversation) {
   const title = prompt("Rename conversation", conversation.title);
   if (!title) return;
@@ -256,6 +269,7 @@ $("logout").addEventListener("click", signOut);
 $("new-conversation").addEventListener("click", () => newConversation().catch((e) => showError("chat-error", e)));
 $("composer").addEventListener("submit", send);
 $("document-file").addEventListener("change", addDocument);
+$("delete-account").addEventListener("click", deleteAccount);
 $("input").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) $("composer").requestSubmit();
 });

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -43,12 +44,14 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-def sign_up(page: Page, platform: Platform) -> None:
+def sign_up(page: Page, platform: Platform) -> str:
+    address = new_email()
     page.goto(platform.gateway_url + "/")
-    page.fill("#email", new_email())
+    page.fill("#email", address)
     page.fill("#password", "a long enough password")
     page.click("#register")
     expect(page.locator("#app")).to_be_visible()
+    return address
 
 
 def test_sign_up_chat_and_come_back(page: Page, platform: Platform) -> None:
@@ -118,3 +121,20 @@ def test_documents_upload_answer_with_sources_and_delete(page: Page, platform: P
     page.click("#documents li button")
     expect(documents).to_have_count(0)
     expect(page.locator("#documents-error")).to_have_text("")
+
+
+def test_deleting_the_account_asks_for_the_password_and_signs_out(page: Page, platform: Platform) -> None:
+    address = sign_up(page, platform)
+    page.once("dialog", lambda dialog: dialog.accept("not the password"))
+    page.click("#delete-account")
+    expect(page.locator("#account-error")).not_to_have_text("")  # refused: still signed in
+    expect(page.locator("#app")).to_be_visible()
+
+    page.once("dialog", lambda dialog: dialog.accept("a long enough password"))
+    page.click("#delete-account")
+    expect(page.locator("#signin")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('parley.token')") is None
+    login = httpx.post(
+        platform.gateway_url + "/v1/auth/login", json={"email": address, "password": "a long enough password"}
+    )
+    assert login.status_code == 401  # the account is gone

@@ -13,10 +13,10 @@ from parley_common.messaging.celery_protocol import event_message
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ProcessManager, venv_command
 
+from tests.support.metrics import metric
 from tests.usage.support import (
     drain_queue,
     ledger_count,
-    metric,
     publish,
     rows,
     start_worker,

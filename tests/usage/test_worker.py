@@ -10,6 +10,7 @@ from parley_common.messaging.celery_protocol import build_task_message, event_me
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ProcessManager
 
+from tests.support.metrics import metric
 from tests.usage.support import (
     History,
     add_to_outbox,
@@ -20,7 +21,6 @@ from tests.usage.support import (
     execute,
     ledger_count,
     many_events,
-    metric,
     publish,
     queue_depth,
     start_relay,

@@ -262,7 +262,7 @@ def fetches(server: ManagedProcess) -> int:
 
 class TestExternalIssuer:
     def test_its_tokens_sign_in_an_account_of_its_own(
-        self, oidc: tuple[Stack, Issuer, ManagedProcess]
+        self, oidc: tuple[Stack, Issuer, ManagedProcess], database_url: str
     ) -> None:
         stack, issuer, _ = oidc
         sub = f"auth0|{uuid.uuid4().hex}"
@@ -276,6 +276,12 @@ class TestExternalIssuer:
             stack.url + "/v1/me", headers={"authorization": f"Bearer {issuer.token('k1', sub)}"}
         )
         assert again.json()["id"] == first.json()["id"]
+        [registered] = query(
+            database_url,
+            "SELECT payload FROM gateway.outbox WHERE event_type = 'user.registered.v1' AND payload->>'user_id' = :u",
+            u=first.json()["id"],
+        )
+        assert registered["payload"]["region"] == "local"  # stamped like a password sign-up's event
 
     def test_an_unverified_email_never_links_to_an_existing_account(
         self, oidc: tuple[Stack, Issuer, ManagedProcess]

@@ -63,7 +63,7 @@ async def create_user(session: AsyncSession, email: str, password_hash: str, pla
     return user
 
 
-async def create_external_user(session: AsyncSession, token: ExternalToken, plan: str) -> UUID:
+async def create_external_user(session: AsyncSession, token: ExternalToken, plan: str, region: str) -> UUID:
     """First sign-in through the external issuer: an account without a password."""
     # Without a verified email the account gets a placeholder address on a reserved domain (RFC 2606).
     placeholder = f"oidc-{_digest(token.issuer + token.subject)[:24]}@example.com"
@@ -83,7 +83,9 @@ async def create_external_user(session: AsyncSession, token: ExternalToken, plan
     await session.flush()
     session.add(
         OutboxMessage.from_event(
-            UserRegisteredV1(source="gateway", subject=str(user.id), user_id=user.id, email=user.email)
+            UserRegisteredV1(
+                source="gateway", subject=str(user.id), region=region, user_id=user.id, email=user.email
+            )
         )
     )
     return user.id

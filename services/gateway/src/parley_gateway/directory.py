@@ -77,6 +77,7 @@ class Directory:
         self.prefix = settings.redis_key_prefix
         self.ttl = settings.identity_cache_seconds
         self.internal_ttl = settings.internal_token_ttl
+        self.region = settings.region
         self.plans: dict[str, EffectivePlan] = {}
         self.plans_revision = 0
         self._plans_expire = 0.0
@@ -242,7 +243,7 @@ class Directory:
         if known is not None:
             return known
         async with self.sessionmaker.begin() as session:
-            user_id = await _find_or_create_external(session, token, signup_plan)
+            user_id = await _find_or_create_external(session, token, signup_plan, self.region)
         self._external[key] = user_id
         return user_id
 
@@ -269,7 +270,9 @@ class Directory:
         return token
 
 
-async def _find_or_create_external(session: AsyncSession, token: ExternalToken, plan: str) -> UUID:
+async def _find_or_create_external(
+    session: AsyncSession, token: ExternalToken, plan: str, region: str
+) -> UUID:
     from parley_gateway.accounts import create_external_user
 
     found = (
@@ -281,4 +284,4 @@ async def _find_or_create_external(session: AsyncSession, token: ExternalToken, 
     ).scalar_one_or_none()
     if found is not None:
         return found
-    return await create_external_user(session, token, plan)
+    return await create_external_user(session, token, plan, region)

@@ -12,7 +12,6 @@ CPU is chat's own CPU time over a run divided by its requests (the client and th
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 
 import httpx
 from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
-from parley_common.auth.keys import generate_private_key_pem, jwks_document, load_signing_keys
+from parley_common.auth.keys import generate_private_key_pem, load_signing_keys
 from parley_common.testing.processes import ManagedProcess
 
 from bench.context import BenchContext, cpu_seconds, start_provider_and_chat
@@ -98,18 +97,7 @@ async def _turns(http: httpx.AsyncClient, chat: ManagedProcess, extra: dict[str,
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     key = load_signing_keys(generate_private_key_pem())[0]
-    chat, chat_url = start_provider_and_chat(
-        ctx,
-        {
-            "PARLEY_ENV": "test",
-            "PARLEY_LOG_LEVEL": "WARNING",
-            "PARLEY_DATABASE_URL": ctx.database_url,
-            "PARLEY_RABBITMQ_URL": ctx.amqp_url,
-            "PARLEY_REDIS_URL": ctx.redis_url,
-            "PARLEY_REDIS_KEY_PREFIX": ctx.redis_prefix,
-            "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document([key])),
-        },
-    )
+    chat, chat_url = start_provider_and_chat(ctx, ctx.service_env(key))
     plan = PlanClaims(
         name="pro", default_model="gpt-4o-mini", rag_max_documents=100, rag_max_document_bytes=500_000
     )

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
-from parley_common.auth.keys import generate_private_key_pem, jwks_document, load_signing_keys
+from parley_common.auth.keys import generate_private_key_pem, load_signing_keys
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ManagedProcess, venv_command
 
@@ -115,16 +115,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     wrk = ensure_wrk()
     pem = generate_private_key_pem()
     key = load_signing_keys(pem)[0]
-    env = {
-        "PARLEY_ENV": "test",
-        "PARLEY_LOG_LEVEL": "INFO",
-        "PARLEY_DATABASE_URL": ctx.database_url,
-        "PARLEY_RABBITMQ_URL": ctx.amqp_url,
-        "PARLEY_REDIS_URL": ctx.redis_url,
-        "PARLEY_REDIS_KEY_PREFIX": ctx.redis_prefix,
-        "PARLEY_JWT_PRIVATE_KEYS": pem,
-        "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document([key])),
-    }
+    env = {**ctx.service_env(key, log_level="INFO"), "PARLEY_JWT_PRIVATE_KEYS": pem}
     chat, chat_url = start_provider_and_chat(ctx, env)
     gateway_port = free_port()
     gateway = ctx.processes.spawn(

@@ -17,7 +17,6 @@ its name says shows it.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 import uuid
@@ -26,7 +25,7 @@ from typing import Any
 
 import httpx
 from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
-from parley_common.auth.keys import SigningKey, generate_private_key_pem, jwks_document, load_signing_keys
+from parley_common.auth.keys import SigningKey, generate_private_key_pem, load_signing_keys
 from parley_common.testing.processes import ManagedProcess
 
 from bench.context import BenchContext, cpu_seconds, start_provider_and_chat
@@ -90,18 +89,7 @@ async def _run(chat_url: str, token: str, questions: list[str], chat: ManagedPro
 def run(ctx: BenchContext) -> dict[str, Any]:
     pem = generate_private_key_pem()
     key = load_signing_keys(pem)[0]
-    chat, chat_url = start_provider_and_chat(
-        ctx,
-        {
-            "PARLEY_ENV": "test",
-            "PARLEY_LOG_LEVEL": "WARNING",
-            "PARLEY_DATABASE_URL": ctx.database_url,
-            "PARLEY_RABBITMQ_URL": ctx.amqp_url,
-            "PARLEY_REDIS_URL": ctx.redis_url,
-            "PARLEY_REDIS_KEY_PREFIX": ctx.redis_prefix,
-            "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document([key])),
-        },
-    )
+    chat, chat_url = start_provider_and_chat(ctx, ctx.service_env(key))
     fresh = [f"Question {i}: what is a good name for a {i}-legged robot?" for i in range(REQUESTS)]
 
     async def scenario() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 from parley_common.auth.internal import InternalIdentity, PlanClaims, mint_internal_token
-from parley_common.auth.keys import generate_private_key_pem, jwks_document, load_signing_keys
+from parley_common.auth.keys import generate_private_key_pem, load_signing_keys
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ManagedProcess, venv_command
 
@@ -191,14 +191,8 @@ async def _measure(
 def _start(ctx: BenchContext) -> tuple[dict[str, ManagedProcess], dict[str, int], str, str]:
     pem = generate_private_key_pem()
     env = {
-        "PARLEY_ENV": "test",
-        "PARLEY_LOG_LEVEL": "INFO",
-        "PARLEY_DATABASE_URL": ctx.database_url,
-        "PARLEY_RABBITMQ_URL": ctx.amqp_url,
-        "PARLEY_REDIS_URL": ctx.redis_url,
-        "PARLEY_REDIS_KEY_PREFIX": ctx.redis_prefix,
+        **ctx.service_env(load_signing_keys(pem)[0], log_level="INFO"),
         "PARLEY_JWT_PRIVATE_KEYS": pem,
-        "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document(load_signing_keys(pem))),
         "PARLEY_DATABASE_POOL_SIZE": "20",
     }
     ports = {"provider": free_port(), "chat": free_port(), "gateway": free_port()}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parley_common.auth.keys import SigningKey, jwks_document
 from parley_common.db.admin import drop_database
 from parley_common.db.migrations import registered
 from parley_common.testing import rabbitmq, resources
@@ -64,6 +65,19 @@ class BenchContext:
         return cls(
             name, services, database_url, amqp_url, services.redis_url, f"{tag}:", ProcessManager(logs)
         )
+
+    def service_env(self, key: SigningKey, log_level: str = "WARNING") -> dict[str, str]:
+        """What a service process of this run reads: its database, vhost and Redis prefix, and the key
+        whose JWKS verifies internal tokens."""
+        return {
+            "PARLEY_ENV": "test",
+            "PARLEY_LOG_LEVEL": log_level,
+            "PARLEY_DATABASE_URL": self.database_url,
+            "PARLEY_RABBITMQ_URL": self.amqp_url,
+            "PARLEY_REDIS_URL": self.redis_url,
+            "PARLEY_REDIS_KEY_PREFIX": self.redis_prefix,
+            "PARLEY_INTERNAL_JWKS": json.dumps(jwks_document([key])),
+        }
 
     def close(self) -> None:
         self.processes.stop_all()

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 from parley_common.auth.keys import generate_private_key_pem
+from parley_common.db.admin import drop_database, ensure_database
 from parley_common.db.migrations import registered
+from parley_common.testing import resources
 from parley_common.testing.processes import ProcessManager
+from parley_common.testing.services import TestServices
+from sqlalchemy.engine import make_url
 
 from tests.support.outbox import Outbox, private_outbox
 from tests.support.platform import Platform, PlatformConfig, start_platform
@@ -54,3 +58,16 @@ def outbox(database_url: str) -> Iterator[Outbox]:
     """An outbox table of this test's own (see tests/support/outbox.py)."""
     with private_outbox(database_url) as table:
         yield table
+
+
+@pytest.fixture
+def empty_database(parley_services: TestServices) -> Iterator[str]:
+    """A database of its own with no schema at all, for tests of the migrations themselves."""
+    url = (
+        make_url(parley_services.database_url)
+        .set(drivername="postgresql+psycopg", database=resources.new_tag())
+        .render_as_string(hide_password=False)
+    )
+    ensure_database(url)
+    yield url
+    drop_database(url)

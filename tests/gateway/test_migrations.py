@@ -5,46 +5,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from parley_common.db.admin import drop_database, ensure_database
 from parley_common.db.engine import connect_args
 from parley_common.db.migrations import alembic_config, upgrade
-from parley_common.testing import resources
-from parley_common.testing import services as test_services
 from parley_gateway.models import Model
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine
 
-from tests.support.db import query
+from tests.support.db import execute, query
 
 RAG = ("rag_max_documents", "rag_max_document_bytes")
-
-
-@pytest.fixture
-def empty_database(parley_services: test_services.TestServices) -> Iterator[str]:
-    url = (
-        make_url(parley_services.database_url)
-        .set(drivername="postgresql+psycopg", database=resources.new_tag())
-        .render_as_string(hide_password=False)
-    )
-    ensure_database(url)
-    yield url
-    drop_database(url)
-
-
-def execute(database_url: str, sql: str, **params: Any) -> None:
-    engine = create_engine(database_url, connect_args=connect_args("tests"))
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(sql), params)
-    finally:
-        engine.dispose()
 
 
 def plan_limits(database_url: str) -> dict[str, tuple[Any, Any]]:

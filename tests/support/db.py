@@ -17,6 +17,16 @@ def query(database_url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
         engine.dispose()
 
 
+def execute(database_url: str, sql: str, **params: Any) -> int:
+    """Run a statement in its own committed transaction; returns the affected row count."""
+    engine = create_engine(database_url, connect_args=connect_args("tests"))
+    try:
+        with engine.begin() as conn:
+            return int(conn.execute(text(sql), params).rowcount or 0)
+    finally:
+        engine.dispose()
+
+
 def ledger_rows(database_url: str, user_id: str) -> list[dict[str, Any]]:
     return query(
         database_url, "SELECT * FROM usage.ledger WHERE user_id = :u ORDER BY occurred_at", u=user_id

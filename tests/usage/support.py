@@ -92,16 +92,6 @@ def scalar(database_url: str, sql: str, **params: Any) -> Any:
         engine.dispose()
 
 
-def execute(database_url: str, sql: str, **params: Any) -> int:
-    """Run a statement in its own committed transaction; returns the affected row count."""
-    engine = create_engine(database_url, connect_args=connect_args("tests"))
-    try:
-        with engine.begin() as conn:
-            return int(conn.execute(text(sql), params).rowcount or 0)
-    finally:
-        engine.dispose()
-
-
 def rows(database_url: str, sql: str, **params: Any) -> list[Any]:
     engine = create_engine(database_url, connect_args=connect_args("tests"))
     try:

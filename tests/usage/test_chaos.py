@@ -31,6 +31,7 @@ from parley_common.testing.net import free_port
 from parley_common.testing.processes import ProcessManager, venv_command
 from parley_usage.partitions import PartitionPolicy, maintain_sync
 
+from tests.support.db import execute
 from tests.support.platform import PlatformConfig, start_fake_provider
 from tests.usage.support import (
     History,
@@ -38,7 +39,6 @@ from tests.usage.support import (
     add_to_outbox,
     check,
     count_lines,
-    execute,
     internal_token,
     ledger_count,
     many_events,

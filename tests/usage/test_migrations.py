@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
-from parley_common.db.admin import drop_database, ensure_database
 from parley_common.db.migrations import upgrade
-from parley_common.testing import resources
-from parley_common.testing import services as test_services
-from sqlalchemy.engine import make_url
 
-from tests.usage.support import execute, rows, scalar
-
-
-@pytest.fixture
-def empty_database(parley_services: test_services.TestServices) -> Iterator[str]:
-    url = (
-        make_url(parley_services.database_url)
-        .set(drivername="postgresql+psycopg", database=resources.new_tag())
-        .render_as_string(hide_password=False)
-    )
-    ensure_database(url)
-    yield url
-    drop_database(url)
+from tests.support.db import execute
+from tests.usage.support import rows, scalar
 
 
 def test_rows_of_the_first_ledger_are_carried_over_and_rolled_up(empty_database: str) -> None:

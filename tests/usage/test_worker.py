@@ -10,6 +10,7 @@ from parley_common.messaging.celery_protocol import build_task_message, event_me
 from parley_common.testing.net import free_port
 from parley_common.testing.processes import ProcessManager
 
+from tests.support.db import execute
 from tests.support.metrics import metric
 from tests.usage.support import (
     History,
@@ -18,7 +19,6 @@ from tests.usage.support import (
     count_lines,
     death_reason,
     drain_queue,
-    execute,
     ledger_count,
     many_events,
     publish,

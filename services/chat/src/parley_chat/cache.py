@@ -63,6 +63,11 @@ def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def user_cache_prefix(prefix: str, user_id: UUID) -> str:
+    """Where every cached answer of one user starts (what erasing the user removes)."""
+    return f"{prefix}chat:cache:v1:{user_id}:"
+
+
 def cache_key(
     prefix: str, user_id: UUID, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
 ) -> str:
@@ -75,7 +80,7 @@ def cache_key(
     digest = hashlib.sha256(
         json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     ).hexdigest()
-    return f"{prefix}chat:cache:v1:{user_id}:{digest}"
+    return user_cache_prefix(prefix, user_id) + digest
 
 
 class ResponseCache:

@@ -27,8 +27,10 @@ from parley_common.messaging.supervisor import run_supervised
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from parley_chat.cache import user_cache_prefix
 from parley_chat.config import Settings
 from parley_chat.models import Completion, Conversation, Document
+from parley_chat.semantic import user_partition_prefix
 
 log = get_logger(__name__)
 
@@ -54,9 +56,9 @@ async def erase(engine: AsyncEngine, user_ids: Sequence[UUID]) -> dict[str, int]
 async def purge_cache(client: redis.Redis, prefix: str, user_id: UUID) -> int:
     """Remove the user's cached answers and semantic partitions; keys removed."""
     removed = 0
-    for pattern in (f"{prefix}chat:cache:v1:{user_id}:*", f"{prefix}chat:semantic:v1:{user_id}:*"):
+    for start in (user_cache_prefix(prefix, user_id), user_partition_prefix(prefix, user_id)):
         batch: list[bytes] = []
-        async for key in client.scan_iter(match=pattern, count=1000):
+        async for key in client.scan_iter(match=start + "*", count=1000):
             batch.append(key)
             if len(batch) >= 500:
                 removed += await client.unlink(*batch)

@@ -58,6 +58,11 @@ class SemanticQuery:
     vector: np.ndarray | None = field(default=None, repr=False)
 
 
+def user_partition_prefix(prefix: str, user_id: UUID) -> str:
+    """Where every semantic-cache partition of one user starts (what erasing the user removes)."""
+    return f"{prefix}chat:semantic:v1:{user_id}:"
+
+
 def semantic_query(
     prefix: str, user_id: UUID, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
 ) -> SemanticQuery | None:
@@ -78,7 +83,7 @@ def semantic_query(
     digest = hashlib.sha256(
         json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     ).hexdigest()
-    return SemanticQuery(f"{prefix}chat:semantic:v1:{user_id}:{digest}", last)
+    return SemanticQuery(user_partition_prefix(prefix, user_id) + digest, last)
 
 
 class SemanticIndex:
